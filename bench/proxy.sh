@@ -1,0 +1,672 @@
+#!/usr/bin/env bash
+# Reverse-proxy benchmark: gatehouse against nginx and HAProxy, side by side.
+#
+# Every proxy is pinned to CPU 0, runs one worker/thread, writes an access log to a
+# file and keeps connections to one shared upstream (an nginx `return 200` server on
+# CPU 1). wrk, also on CPU 1, drives each proxy in turn, A B C A B C ..., and the
+# script reports the median of the rounds and gatehouse's ratio to each peer.
+# See bench/README.md for what is measured and how to read the table.
+#
+# Usage: bench/proxy.sh [--rounds 3] [--duration 8] [--connections 50]
+#                       [--only nginx,haproxy,gatehouse] [--warmup 2]
+#                       [--perf] [--profile] [--keep] [--wait-quiet SECONDS]
+# Env:   GATEHOUSE_BIN=path  use this binary instead of `cargo build --release`.
+set -euo pipefail
+
+# ---------------------------------------------------------------- settings
+ROUNDS=3
+DURATION=8
+CONNECTIONS=50
+WARMUP=2
+ONLY="nginx,haproxy,gatehouse"
+PERF=0
+PROFILE=0
+KEEP=0
+WAIT_QUIET=0 # seconds to wait for other load on the machine to go away
+QUIET_PCT=15 # a core busier than this before the runs counts as "not quiet"
+
+PROXY_CPU=0 # every proxy runs here, alone
+LOAD_CPU=1  # wrk and the upstream share this one
+
+UPSTREAM_PORT=18080
+declare -A PORT=([nginx]=18081 [haproxy]=18082 [gatehouse]=18083 [direct]=18080)
+declare -A LABEL=(
+    [direct]="direct upstream (no proxy)"
+    [nginx]="nginx (1 worker)"
+    [haproxy]="HAProxy (1 thread)"
+    [gatehouse]="gatehouse (1 worker)"
+)
+ORDER=(nginx haproxy gatehouse) # the A B C of each round
+
+usage() {
+    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+}
+
+die() {
+    echo "proxy.sh: $*" >&2
+    exit 1
+}
+
+log() { echo "==> $*" >&2; }
+
+INVOCATION="bench/proxy.sh"
+for arg in "$@"; do
+    if [[ "$arg" =~ ^[A-Za-z0-9_./,=:+-]+$ ]]; then INVOCATION+=" $arg"; else INVOCATION+=" $(printf '%q' "$arg")"; fi
+done
+
+while (($#)); do
+    case "$1" in
+    --rounds | --duration | --connections | --warmup | --only | --wait-quiet)
+        (($# >= 2)) || die "$1 needs a value"
+        opt="${1#--}"
+        val="$2"
+        shift 2
+        ;;
+    --rounds=* | --duration=* | --connections=* | --warmup=* | --only=* | --wait-quiet=*)
+        opt="${1%%=*}"
+        opt="${opt#--}"
+        val="${1#*=}"
+        shift
+        ;;
+    --perf) PERF=1; shift; continue ;;
+    --profile) PROFILE=1; shift; continue ;;
+    --keep) KEEP=1; shift; continue ;;
+    -h | --help) usage; exit 0 ;;
+    *) die "unknown argument '$1' (try --help)" ;;
+    esac
+    case "$opt" in
+    rounds) ROUNDS="$val" ;;
+    duration) DURATION="${val%s}" ;;
+    connections) CONNECTIONS="$val" ;;
+    warmup) WARMUP="${val%s}" ;;
+    only) ONLY="$val" ;;
+    wait-quiet) WAIT_QUIET="${val%s}" ;;
+    esac
+done
+
+int_in_range() { # name value min max
+    if ! [[ "$2" =~ ^[0-9]+$ ]] || (($2 < $3 || $2 > $4)); then
+        die "--$1 must be an integer in $3..$4, got '$2'"
+    fi
+}
+int_in_range rounds "$ROUNDS" 1 50
+int_in_range duration "$DURATION" 1 600
+int_in_range connections "$CONNECTIONS" 1 10000
+int_in_range warmup "$WARMUP" 0 60
+int_in_range wait-quiet "$WAIT_QUIET" 0 3600
+
+SERVERS=()
+IFS=',' read -r -a wanted <<<"$ONLY"
+for s in "${ORDER[@]}"; do
+    for w in "${wanted[@]}"; do [[ "$w" == "$s" ]] && SERVERS+=("$s") && break; done
+done
+for w in "${wanted[@]}"; do
+    [[ -n "${PORT[$w]:-}" && "$w" != direct ]] || die "--only: unknown server '$w' (nginx, haproxy, gatehouse)"
+done
+((${#SERVERS[@]})) || die "--only selected no server"
+want() { [[ " ${SERVERS[*]} " == *" $1 "* ]]; }
+
+# ---------------------------------------------------------------- preflight
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+for cmd in nginx wrk curl taskset awk ps; do
+    command -v "$cmd" >/dev/null || die "'$cmd' not found (apt-get install -y nginx wrk curl util-linux procps)"
+done
+want haproxy && { command -v haproxy >/dev/null || die "'haproxy' not found (apt-get install -y haproxy)"; }
+(($(nproc) >= 2)) || die "needs at least 2 CPUs (proxies on CPU $PROXY_CPU, wrk and upstream on CPU $LOAD_CPU)"
+if ((PERF || PROFILE)); then command -v perf >/dev/null || die "--perf/--profile need 'perf' (apt-get install -y linux-perf)"; fi
+if ((PROFILE)) && ! want gatehouse; then die "--profile profiles gatehouse; include it in --only"; fi
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for p in "$UPSTREAM_PORT" $(for s in "${SERVERS[@]}"; do echo "${PORT[$s]}"; done); do
+    port_busy "$p" && die "127.0.0.1:$p is already in use; stop whatever listens there (a system nginx/haproxy service?)"
+done
+
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+FD_NEED=$((CONNECTIONS * 2 + 256))
+(($(ulimit -n) >= FD_NEED)) || die "open-file limit $(ulimit -n) is below $FD_NEED for $CONNECTIONS connections"
+
+GATEHOUSE=""
+if want gatehouse; then
+    if [[ -n "${GATEHOUSE_BIN:-}" ]]; then
+        GATEHOUSE="$GATEHOUSE_BIN"
+    else
+        # --bin rather than -p: the binary is what is measured, whatever its crate is called.
+        log "building gatehouse (cargo build --release --bin gatehouse)"
+        cargo build --release --bin gatehouse >&2
+        GATEHOUSE="${CARGO_TARGET_DIR:-$REPO/target}/release/gatehouse"
+    fi
+    [[ -x "$GATEHOUSE" ]] || die "gatehouse binary '$GATEHOUSE' is missing or not executable"
+fi
+
+# ---------------------------------------------------------------- processes
+TMP="$(mktemp -d "${TMPDIR:-/tmp}/gatehouse-bench.XXXXXX")"
+STARTED=() # every server pid this script started (children are added once seen)
+RUNNING=() # the wrk run in progress, if any
+SIDE=""    # the perf run in progress, if any
+
+cleanup() {
+    local status=$? pid alive i
+    trap - EXIT INT TERM
+    for pid in "${RUNNING[@]}" $SIDE; do kill -TERM "$pid" 2>/dev/null || true; done
+    ((${#STARTED[@]})) && {
+        for pid in "${STARTED[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+        for ((i = 0; i < 50; i++)); do # up to 5 s for a graceful stop
+            alive=0
+            for pid in "${STARTED[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+            ((alive)) || break
+            sleep 0.1
+        done
+        for pid in "${STARTED[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+        for pid in "${STARTED[@]}"; do wait "$pid" 2>/dev/null || true; done
+    }
+    if ((KEEP)); then
+        echo "proxy.sh: kept configs, logs and raw wrk output in $TMP" >&2
+    else
+        rm -rf "$TMP"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+declare -A PIDS # server -> "pid [child pids...]"
+
+# start NAME CPU CMD... : run CMD pinned to CPU, stdout+stderr to $TMP/NAME.out
+start() {
+    local name="$1" cpu="$2"
+    shift 2
+    taskset -c "$cpu" "$@" >"$TMP/$name.out" 2>&1 </dev/null &
+    local pid=$! # taskset execs the command, so this is the server's own pid
+    STARTED+=("$pid")
+    PIDS[$name]="$pid"
+}
+
+children() { ps -o pid= --ppid "$1" 2>/dev/null | tr -s ' \n' ' ' || true; }
+
+show_output() {
+    local f
+    for f in "$TMP/$1.out" "$TMP/$1.err"; do
+        [[ -s "$f" ]] || continue
+        echo "--- ${f#"$TMP"/}:" >&2
+        tail -n 30 "$f" >&2
+    done
+}
+
+# wait_ready NAME PORT : until GET / answers 200 "hello world" (at most 10 s)
+wait_ready() {
+    local name="$1" port="$2" pid="${PIDS[$1]%% *}" i body
+    for ((i = 0; i < 100; i++)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            show_output "$name"
+            die "$name exited during startup"
+        fi
+        if body="$(curl -fsS -m 1 "http://127.0.0.1:$port/" 2>/dev/null)" && [[ "$body" == "hello world" ]]; then
+            local c
+            for c in $(children "$pid"); do # nginx workers
+                STARTED+=("$c")
+                PIDS[$name]+=" $c"
+            done
+            return 0
+        fi
+        sleep 0.1
+    done
+    show_output "$name"
+    die "$name did not answer 'hello world' on 127.0.0.1:$port within 10 s"
+}
+
+WORKER_CONNECTIONS=$((CONNECTIONS * 2 + 1024))
+
+mkdir -p "$TMP/nginx-upstream" "$TMP/nginx"
+cat >"$TMP/nginx-upstream/nginx.conf" <<EOF
+# Shared upstream: the cheapest possible answer, so it is never the bottleneck.
+worker_processes 1;
+daemon off;
+pid $TMP/nginx-upstream/nginx.pid;
+error_log $TMP/nginx-upstream/error.log warn;
+events { worker_connections $WORKER_CONNECTIONS; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $TMP/nginx-upstream/body;
+    proxy_temp_path $TMP/nginx-upstream/proxy;
+    fastcgi_temp_path $TMP/nginx-upstream/fastcgi;
+    uwsgi_temp_path $TMP/nginx-upstream/uwsgi;
+    scgi_temp_path $TMP/nginx-upstream/scgi;
+    server {
+        listen 127.0.0.1:$UPSTREAM_PORT;
+        location / { return 200 "hello world\n"; }
+    }
+}
+EOF
+
+cat >"$TMP/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections $WORKER_CONNECTIONS; }
+http {
+    access_log $TMP/nginx-access.log combined;
+    keepalive_requests 1000000;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    upstream backend {
+        server 127.0.0.1:$UPSTREAM_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:${PORT[nginx]};
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+
+cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn $WORKER_CONNECTIONS
+    # Access log as raw lines on stdout, which the script sends to a file.
+    log stdout format raw local0 info
+
+defaults
+    mode http
+    log global
+    option httplog
+    http-reuse always
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 30s
+
+frontend bench
+    bind 127.0.0.1:${PORT[haproxy]}
+    default_backend upstream
+
+backend upstream
+    server upstream1 127.0.0.1:$UPSTREAM_PORT
+EOF
+
+cat >"$TMP/gatehouse.toml" <<EOF
+[server]
+http = ["127.0.0.1:${PORT[gatehouse]}"]
+workers = 1
+
+[log]
+level = "warn"
+access_log = "$TMP/gatehouse-access.log"
+
+# One site that answers every Host.
+[[site]]
+default = true
+
+  [[site.route]]
+  path = "/"
+  upstream = "backend"
+
+[upstream.backend]
+targets = ["127.0.0.1:$UPSTREAM_PORT"]
+EOF
+
+if want gatehouse; then
+    "$GATEHOUSE" check -c "$TMP/gatehouse.toml" >"$TMP/gatehouse-check.out" 2>&1 || {
+        cat "$TMP/gatehouse-check.out" >&2
+        die "gatehouse check rejected the benchmark config (bench/proxy.sh writes it; adapt it to docs/config.md)"
+    }
+fi
+
+log "starting upstream nginx on 127.0.0.1:$UPSTREAM_PORT (CPU $LOAD_CPU)"
+start upstream "$LOAD_CPU" nginx -p "$TMP/nginx-upstream/" -e "$TMP/nginx-upstream/error.log" -c "$TMP/nginx-upstream/nginx.conf"
+wait_ready upstream "$UPSTREAM_PORT"
+PIDS[direct]="${PIDS[upstream]}"
+
+for s in "${SERVERS[@]}"; do
+    log "starting $s on 127.0.0.1:${PORT[$s]} (CPU $PROXY_CPU)"
+    case "$s" in
+    nginx) start nginx "$PROXY_CPU" nginx -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" ;;
+    haproxy)
+        # shellcheck disable=SC2016 # $1 and $2 belong to the inner sh
+        start haproxy "$PROXY_CPU" sh -c 'exec haproxy -db -f "$1" 2>"$2"' sh "$TMP/haproxy.cfg" "$TMP/haproxy.err"
+        ;;
+    gatehouse) start gatehouse "$PROXY_CPU" "$GATEHOUSE" serve -c "$TMP/gatehouse.toml" ;;
+    esac
+    wait_ready "$s" "${PORT[$s]}"
+done
+# HAProxy's stdout is its access log.
+if want haproxy; then ln -s "$TMP/haproxy.out" "$TMP/haproxy-access.log"; fi
+
+# ---------------------------------------------------------------- measuring
+# Sum of VmRSS / VmHWM (kB) over a server's processes.
+mem_kb() { # FIELD PIDS...
+    local field="$1" total=0 pid v
+    shift
+    for pid in "$@"; do
+        v="$(awk -v f="$field:" '$1 == f { print $2 }' "/proc/$pid/status" 2>/dev/null || true)"
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+# utime+stime ticks summed over processes (all threads included).
+cpu_ticks() {
+    local total=0 pid v
+    for pid in "$@"; do
+        v="$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }' || true)"
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+# "total idle" jiffies of one CPU from /proc/stat.
+cpu_line() { awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $5 + $6 }' /proc/stat; }
+
+HZ="$(getconf CLK_TCK)"
+
+# Parse one wrk output: requests/s, p50 ms, p99 ms, requests, non-2xx, socket errors.
+parse_wrk() {
+    awk '
+        function ms(v) {
+            if (v ~ /us$/) return v / 1000
+            if (v ~ /ms$/) return v + 0
+            if (v ~ /m$/) return v * 60000
+            if (v ~ /s$/) return v * 1000
+            return v + 0
+        }
+        /^Requests\/sec:/ { rps = $2 }
+        /^ +50%/ { p50 = ms($2) }
+        /^ +99%/ { p99 = ms($2) }
+        / requests in / { reqs = $1 }
+        /Non-2xx or 3xx responses:/ { bad = $NF }
+        /Socket errors:/ { gsub(/,/, ""); errs = $4 + $6 + $8 + $10 }
+        END {
+            if (rps == "") exit 1
+            printf "%s %.3f %.3f %d %d %d\n", rps, p50, p99, reqs, bad + 0, errs + 0
+        }' "$1"
+}
+
+# run_wrk SERVER OUTFILE SECONDS
+# Runs in the background and is waited for, so a signal reaches the trap at once.
+run_wrk() {
+    timeout -k 5 $(($3 + 30)) taskset -c "$LOAD_CPU" \
+        wrk -t1 -c"$CONNECTIONS" -d"$3"s --latency "http://127.0.0.1:${PORT[$1]}/" >"$2" 2>&1 </dev/null &
+    local job=$!
+    RUNNING+=("$job")
+    if ! wait "$job"; then
+        RUNNING=()
+        cat "$2" >&2
+        die "wrk against $1 failed"
+    fi
+    RUNNING=()
+}
+
+# side_job CMD... : start CMD one second into the next wrk run (perf attaches then)
+side_job() {
+    (
+        sleep 1
+        exec "$@"
+    ) >>"$TMP/perf.out" 2>&1 &
+    SIDE=$!
+}
+
+# round server rps p50 p99 requests non-2xx socket-errors proxy-CPU% CPU0-busy% CPU1-busy% proxy-CPU-µs/request
+RESULTS="$TMP/results.tsv"
+: >"$RESULTS"
+
+measure() { # ROUND SERVER
+    local round="$1" s="$2" out="$TMP/wrk-$2-$1.txt"
+    local -a pids
+    read -r -a pids <<<"${PIDS[$s]}"
+    local t0 t1 c0t0 c0i0 c1t0 c1i0 c0t1 c0i1 c1t1 c1i1 ticks0 ticks1 parsed
+    read -r c0t0 c0i0 < <(cpu_line "$PROXY_CPU")
+    read -r c1t0 c1i0 < <(cpu_line "$LOAD_CPU")
+    ticks0="$(cpu_ticks "${pids[@]}")"
+    t0="$(date +%s.%N)"
+    run_wrk "$s" "$out" "$DURATION"
+    t1="$(date +%s.%N)"
+    ticks1="$(cpu_ticks "${pids[@]}")"
+    read -r c0t1 c0i1 < <(cpu_line "$PROXY_CPU")
+    read -r c1t1 c1i1 < <(cpu_line "$LOAD_CPU")
+    parsed="$(parse_wrk "$out")" || {
+        cat "$out" >&2
+        die "could not parse wrk output for $s"
+    }
+    awk -v r="$round" -v s="$s" -v p="$parsed" -v hz="$HZ" \
+        -v t0="$t0" -v t1="$t1" -v k0="$ticks0" -v k1="$ticks1" \
+        -v a0="$c0t0" -v i0="$c0i0" -v a1="$c0t1" -v i1="$c0i1" \
+        -v b0="$c1t0" -v j0="$c1i0" -v b1="$c1t1" -v j1="$c1i1" 'BEGIN {
+            wall = t1 - t0
+            proxy = (k1 - k0) / hz / wall * 100
+            busy0 = (a1 > a0) ? 100 * (1 - (i1 - i0) / (a1 - a0)) : 0
+            busy1 = (b1 > b0) ? 100 * (1 - (j1 - j0) / (b1 - b0)) : 0
+            split(p, f, " ")
+            us = f[4] > 0 ? (k1 - k0) / hz / f[4] * 1e6 : 0
+            printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.0f\t%.0f\t%.0f\t%.2f\n", r, s, f[1], f[2], f[3], f[4], f[5], f[6], proxy, busy0, busy1, us
+        }' >>"$RESULTS"
+    local line
+    line="$(tail -n 1 "$RESULTS")"
+    awk -F'\t' -v c0="$PROXY_CPU" -v c1="$LOAD_CPU" '{
+        printf "    %-10s round %s: %6.0f req/s  p50 %.2f ms  p99 %.2f ms  %s CPU %s%% (%.1f us/req)  CPU%s/CPU%s busy %s%%/%s%%%s\n",
+            $2, $1, $3, $4, $5, ($2 == "direct" ? "upstream" : "proxy"), $9, $12, c0, c1, $10, $11,
+            ($7 + $8 > 0 ? "  ERRORS: " $7 " non-2xx, " $8 " socket" : "") }' <<<"$line" >&2
+}
+
+# Other work on the two cores (a build, a test run) skews everything; say so.
+busy_now() { # -> "busy% of PROXY_CPU" "busy% of LOAD_CPU" over one second
+    local a0 i0 b0 j0 a1 i1 b1 j1
+    read -r a0 i0 < <(cpu_line "$PROXY_CPU")
+    read -r b0 j0 < <(cpu_line "$LOAD_CPU")
+    sleep 1
+    read -r a1 i1 < <(cpu_line "$PROXY_CPU")
+    read -r b1 j1 < <(cpu_line "$LOAD_CPU")
+    awk -v a0="$a0" -v i0="$i0" -v a1="$a1" -v i1="$i1" -v b0="$b0" -v j0="$j0" -v b1="$b1" -v j1="$j1" 'BEGIN {
+        printf "%.0f %.0f\n", (a1 > a0) ? 100 * (1 - (i1 - i0) / (a1 - a0)) : 0, (b1 > b0) ? 100 * (1 - (j1 - j0) / (b1 - b0)) : 0 }'
+}
+QUIET_NOTE=""
+deadline=$((SECONDS + WAIT_QUIET))
+while :; do
+    read -r busy0 busy1 < <(busy_now)
+    ((busy0 <= QUIET_PCT && busy1 <= QUIET_PCT)) && break
+    if ((SECONDS >= deadline)); then
+        QUIET_NOTE="before the runs CPU$PROXY_CPU was ${busy0}% and CPU$LOAD_CPU ${busy1}% busy with other work"
+        log "warning: $QUIET_NOTE; numbers will be noisy (--wait-quiet SECONDS waits for a quiet machine)"
+        break
+    fi
+    log "machine busy (CPU$PROXY_CPU ${busy0}%, CPU$LOAD_CPU ${busy1}%), waiting up to $((deadline - SECONDS)) s more"
+    sleep 4
+done
+
+declare -A IDLE_KB
+for s in "${SERVERS[@]}"; do
+    read -r -a p <<<"${PIDS[$s]}"
+    IDLE_KB[$s]="$(mem_kb VmRSS "${p[@]}")"
+done
+
+if ((WARMUP > 0)); then
+    log "warm-up, ${WARMUP}s each (not recorded)"
+    for s in "${SERVERS[@]}"; do run_wrk "$s" "$TMP/wrk-$s-warmup.txt" "$WARMUP"; done
+fi
+
+log "direct-upstream baseline (wrk and upstream both on CPU $LOAD_CPU, as in the proxy runs)"
+measure 0 direct
+
+for ((round = 1; round <= ROUNDS; round++)); do
+    log "round $round of $ROUNDS"
+    for s in "${SERVERS[@]}"; do measure "$round" "$s"; done
+done
+
+declare -A PEAK_KB
+for s in "${SERVERS[@]}"; do
+    read -r -a p <<<"${PIDS[$s]}"
+    PEAK_KB[$s]="$(mem_kb VmHWM "${p[@]}")"
+done
+
+join_comma() {
+    local IFS=,
+    echo "$*"
+}
+
+# Extra, unrecorded runs under perf: syscalls and CPU per request.
+PERF_TSV="$TMP/perf.tsv"
+: >"$PERF_TSV"
+if ((PERF)); then
+    log "perf stat runs (${DURATION}s each, not part of the table)"
+    for s in "${SERVERS[@]}"; do
+        window=$((DURATION > 3 ? DURATION - 2 : 1))
+        read -r -a p <<<"${PIDS[$s]}"
+        side_job perf stat -x, -e raw_syscalls:sys_enter,task-clock,context-switches \
+            -p "$(join_comma "${p[@]}")" -o "$TMP/perf-$s.csv" -- sleep "$window"
+        run_wrk "$s" "$TMP/wrk-$s-perf.txt" "$DURATION"
+        wait "$SIDE" || log "perf stat failed for $s (see --keep and perf.out)"
+        SIDE=""
+        rps="$(parse_wrk "$TMP/wrk-$s-perf.txt" | awk '{ print $1 }')"
+        awk -F, -v s="$s" -v rps="$rps" -v w="$window" '
+            $3 == "raw_syscalls:sys_enter" { sc = $1 }
+            $3 == "task-clock" { tc = $1 }
+            $3 == "context-switches" { cs = $1 }
+            END {
+                n = rps * w
+                if (n > 0) printf "%s\t%.0f\t%.2f\t%.2f\t%.3f\n", s, rps, sc / n, tc * 1000 / n, cs / n
+            }' "$TMP/perf-$s.csv" >>"$PERF_TSV"
+    done
+fi
+
+PROFILE_TXT=""
+if ((PROFILE)); then
+    log "perf record of gatehouse under load (${DURATION}s, not part of the table)"
+    window=$((DURATION > 3 ? DURATION - 2 : 1))
+    # shellcheck disable=SC2086 # the pid list is split on purpose
+    side_job perf record -q -e cpu-clock -F 999 -p "$(join_comma ${PIDS[gatehouse]})" \
+        -o "$TMP/perf-gatehouse.data" -- sleep "$window"
+    run_wrk gatehouse "$TMP/wrk-gatehouse-profile.txt" "$DURATION"
+    wait "$SIDE" || log "perf record failed (see --keep and perf.out)"
+    SIDE=""
+    PROFILE_TXT="$(perf report -i "$TMP/perf-gatehouse.data" --stdio --no-children --sort dso 2>/dev/null |
+        grep -v '^#' | grep -v '^$' | head -n 5 || true)"
+    PROFILE_TXT+=$'\n\n'
+    PROFILE_TXT+="$(perf report -i "$TMP/perf-gatehouse.data" --stdio --no-children --fields overhead,dso,sym --percent-limit 1.5 2>/dev/null |
+        grep -v '^#' | grep -v '^$' | head -n 30 || true)"
+fi
+
+sleep 1 # let buffered access logs reach their files
+declare -A LOG_LINES
+for s in "${SERVERS[@]}"; do
+    f="$TMP/$s-access.log"
+    LOG_LINES[$s]="$( [[ -e "$f" ]] && wc -l <"$f" || echo 0)"
+done
+
+# ---------------------------------------------------------------- report
+CPU_MODEL="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+NPROC="$(nproc)"
+NGINX_V="$(nginx -v 2>&1 | sed 's/^nginx version: nginx\///')"
+HAPROXY_V="$(command -v haproxy >/dev/null && haproxy -v 2>/dev/null | awk 'NR == 1 { print $3 }' || echo '-')"
+WRK_V="$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }' || true)"
+GH_V="-"
+if want gatehouse; then GH_V="$("$GATEHOUSE" --version 2>/dev/null | head -n 1 || echo '?')"; fi
+GIT_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'no commit yet')"
+if [[ -n "$(git -C "$REPO" status --porcelain -- crates Cargo.toml Cargo.lock 2>/dev/null)" ]]; then GIT_REV+=" (+ uncommitted changes)"; fi
+STAMP="$(date +%Y-%m-%d-%H%M%S)"
+
+# median/min/max of a column for one server over rounds >= 1 (round 0 = baseline)
+stat_col() { # SERVER COLUMN -> "median min max"
+    awk -F'\t' -v s="$1" -v c="$2" '$2 == s { print $c }' "$RESULTS" | sort -g | awk '
+        { v[NR] = $1 }
+        END {
+            if (NR == 0) { print "- - -"; exit }
+            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            print m, v[1], v[NR]
+        }'
+}
+
+report() {
+    local s rps p50 p99 cpu us mn mx bad flag
+    echo "# Proxy benchmark, $STAMP"
+    echo
+    echo "- command: \`$INVOCATION\`${GATEHOUSE_BIN:+ with \`GATEHOUSE_BIN=$GATEHOUSE_BIN\`}"
+    echo "- machine: $NPROC × $CPU_MODEL, Linux $(uname -r)"
+    echo "- gatehouse: $GH_V (git: $GIT_REV); nginx $NGINX_V; HAProxy $HAPROXY_V; wrk $WRK_V"
+    echo "- load: \`taskset -c $LOAD_CPU wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\`, ${WARMUP}s warm-up each, $ROUNDS alternating rounds (${SERVERS[*]}); median of the rounds shown"
+    echo "- proxies pinned to CPU $PROXY_CPU, one worker/thread, access log to a file, keep-alive to the upstream; upstream nginx (\`return 200 \"hello world\\n\"\`, 1 worker) and wrk share CPU $LOAD_CPU"
+    echo
+    echo "| server | req/s (median) | req/s (min–max) | p50 ms | p99 ms | proxy CPU | CPU µs/request | idle RSS | peak RSS | access-log lines |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for s in direct "${SERVERS[@]}"; do
+        read -r rps mn mx < <(stat_col "$s" 3)
+        read -r p50 _ _ < <(stat_col "$s" 4)
+        read -r p99 _ _ < <(stat_col "$s" 5)
+        read -r cpu _ _ < <(stat_col "$s" 9)
+        read -r us _ _ < <(stat_col "$s" 12)
+        bad="$(awk -F'\t' -v s="$s" '$2 == s { n += $7 + $8 } END { print n + 0 }' "$RESULTS")"
+        if [[ "$s" == direct ]]; then
+            printf '| %s | %.0f | – | %.2f | %.2f | – | – | – | – | – |\n' "${LABEL[$s]}" "$rps" "$p50" "$p99"
+        else
+            flag=""
+            ((bad == 0)) || flag=" ⚠ $bad errors"
+            printf '| %s%s | %.0f | %.0f–%.0f | %.2f | %.2f | %.0f%% | %.1f | %.1f MB | %.1f MB | %s |\n' \
+                "${LABEL[$s]}" "$flag" "$rps" "$mn" "$mx" "$p50" "$p99" "$cpu" "$us" \
+                "$(awk -v k="${IDLE_KB[$s]}" 'BEGIN { print k / 1024 }')" \
+                "$(awk -v k="${PEAK_KB[$s]}" 'BEGIN { print k / 1024 }')" "${LOG_LINES[$s]}"
+        fi
+    done
+    echo
+    if want gatehouse; then
+        local peer g_rps g_p99 p_rps p_p99
+        read -r g_rps _ _ < <(stat_col gatehouse 3)
+        read -r g_p99 _ _ < <(stat_col gatehouse 5)
+        for peer in nginx haproxy; do
+            want "$peer" || continue
+            read -r p_rps _ _ < <(stat_col "$peer" 3)
+            read -r p_p99 _ _ < <(stat_col "$peer" 5)
+            awk -v n="${LABEL[$peer]%% *}" -v gr="$g_rps" -v pr="$p_rps" -v gp="$g_p99" -v pp="$p_p99" \
+                -v gk="${PEAK_KB[gatehouse]}" -v pk="${PEAK_KB[$peer]}" 'BEGIN {
+                printf "- gatehouse / %s: **%.2f×** req/s, p99 %.2f× (lower is better), peak RSS %.2f×\n", n, gr / pr, gp / pp, gk / pk
+            }'
+        done
+        echo
+    fi
+    local contended
+    contended="$(awk -F'\t' '$2 != "direct" && $10 - $9 > 10 { n++ } END { print n + 0 }' "$RESULTS")"
+    if [[ -n "$QUIET_NOTE" ]] || ((contended > 0)); then
+        echo "**Warning: the machine was not quiet.** ${QUIET_NOTE:+${QUIET_NOTE^}. }$contended proxy run(s) had more than 10% of CPU$PROXY_CPU used by something other than the proxy (see \"CPU$PROXY_CPU other\" below). Treat these numbers as noisy and rerun on a quiet machine."
+        echo
+    fi
+    echo "Per round (round 0 is the direct baseline; CPU busy is the whole core, from /proc/stat; \"other\" is CPU$PROXY_CPU time not used by the proxy):"
+    echo
+    echo "| round | server | req/s | p50 ms | p99 ms | proxy CPU | CPU µs/request | CPU$PROXY_CPU busy | CPU$PROXY_CPU other | CPU$LOAD_CPU busy | non-2xx | socket errors |"
+    echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    awk -F'\t' '{ d = ($2 == "direct")
+        o = $10 - $9; if (o < 0) o = 0
+        printf "| %s | %s | %.0f | %.2f | %.2f | %s | %s | %s%% | %s | %s%% | %s | %s |\n",
+        $1, $2, $3, $4, $5, (d ? "–" : $9 "%"), (d ? "–" : $12), $10, (d ? "–" : o "%"), $11, $7, $8 }' "$RESULTS"
+    if [[ -s "$PERF_TSV" ]]; then
+        echo
+        echo "Under \`perf stat\` (one extra ${DURATION}s run each; tracing slows every server, so compare per-request figures, not req/s):"
+        echo
+        echo "| server | req/s under perf | syscalls/request | CPU µs/request | context switches/request |"
+        echo "|---|---:|---:|---:|---:|"
+        awk -F'\t' '{ printf "| %s | %.0f | %.2f | %.2f | %.3f |\n", $1, $2, $3, $4, $5 }' "$PERF_TSV"
+    fi
+    if [[ -n "$PROFILE_TXT" ]]; then
+        echo
+        echo "gatehouse CPU profile (\`perf record -e cpu-clock\`, one extra ${DURATION}s run; by binary, then symbols ≥ 1.5%):"
+        echo
+        echo '```'
+        echo "$PROFILE_TXT"
+        echo '```'
+    fi
+}
+
+mkdir -p "$REPO/bench/results"
+OUT="$REPO/bench/results/proxy-$STAMP.md"
+report | tee "$OUT"
+echo >&2
+log "written to ${OUT#"$REPO"/}"
