@@ -1,0 +1,640 @@
+//! Second layer: file model → typed [`Config`], with every semantic check.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use ipnet::IpNet;
+
+use crate::error::RawError;
+use crate::file::{self, FileConfig, Spanned};
+use crate::model::*;
+use crate::units;
+
+/// Defaults, each with the reason for its value.
+pub(crate) mod defaults {
+    use std::time::Duration;
+
+    /// An unprivileged port, so the quickstart runs without root.
+    pub(crate) const HTTP_LISTEN: &str = "0.0.0.0:8080";
+    /// Relative to the config file, so a project folder carries its own state.
+    pub(crate) const DATA_DIR: &str = "./data";
+    /// Long enough for ordinary API calls and downloads to finish, short enough that
+    /// a deploy or restart does not hang on a stuck client.
+    pub(crate) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+    /// A healthy backend on the same network connects in milliseconds; 5 s
+    /// tolerates a SYN retransmit (1 s, then 3 s) before giving up.
+    pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// nginx's `proxy_read_timeout` default; slow reports and exports fit.
+    pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Below the 2–5 minute idle timeouts typical of app servers' keep-alive, so
+    /// gatehouse closes first and never writes into a connection being closed.
+    /// (gunicorn's default keep-alive is 2 s; pools re-open cheaply.)
+    pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+    /// Enough idle connections per target and worker to absorb bursts without
+    /// reconnecting; nginx deployments commonly use `keepalive 32..64`.
+    pub(crate) const KEEPALIVE: usize = 64;
+    /// 308 keeps the method and body, unlike 301/302.
+    pub(crate) const REDIRECT_STATUS: u16 = 308;
+    pub(crate) const RESPOND_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+    pub(crate) const LOG_LEVEL: &str = "info";
+}
+
+const METHODS_HINT: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, CONNECT or TRACE (or a custom token)";
+
+fn err<T>(
+    span: Option<std::ops::Range<usize>>,
+    path: impl Into<String>,
+    msg: impl Into<String>,
+) -> Result<T, RawError> {
+    Err(RawError::invalid(span.map(|s| s.start), path, msg))
+}
+
+fn at<T>(s: &Spanned<T>) -> Option<std::ops::Range<usize>> {
+    Some(s.span())
+}
+
+pub(crate) fn convert(file: FileConfig, base_dir: &Path) -> Result<Config, RawError> {
+    let server = convert_server(file.server, base_dir)?;
+    let log = convert_log(file.log, base_dir)?;
+
+    let mut upstreams = Vec::with_capacity(file.upstream.len());
+    let mut upstream_index = HashMap::new();
+    for (name, up) in file.upstream {
+        let key = format!("upstream.{name}");
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return err(at(&up), key, "an upstream name is letters, digits, `_` and `-`");
+        }
+        upstream_index.insert(name.clone(), upstreams.len());
+        upstreams.push(convert_upstream(name, up, &key)?);
+    }
+
+    let mut sites = Vec::with_capacity(file.site.len());
+    let mut seen_hosts: HashMap<String, usize> = HashMap::new();
+    let mut default_site: Option<usize> = None;
+    for (i, site) in file.site.into_iter().enumerate() {
+        let key = format!("site[{i}]");
+        let mut hosts = Vec::with_capacity(site.hosts.len());
+        for (j, h) in site.hosts.iter().enumerate() {
+            let hkey = format!("{key}.hosts[{j}]");
+            let pattern = host_pattern(h.get_ref()).or_else(|m| err(at(h), &hkey, m))?;
+            let canonical = match &pattern {
+                HostPattern::Exact(s) => s.clone(),
+                HostPattern::Wildcard(s) => format!("*{s}"),
+            };
+            if let Some(prev) = seen_hosts.insert(canonical.clone(), i) {
+                return err(
+                    at(h),
+                    hkey,
+                    format!("host {canonical:?} is already used by site[{prev}]; each host belongs to one site"),
+                );
+            }
+            hosts.push(pattern);
+        }
+        if site.default {
+            if let Some(prev) = default_site {
+                return err(
+                    None,
+                    format!("{key}.default"),
+                    format!("site[{prev}] is already the default site; only one site may set `default = true`"),
+                );
+            }
+            default_site = Some(i);
+        }
+        if hosts.is_empty() && !site.default {
+            return err(
+                None,
+                format!("{key}.hosts"),
+                "a site needs at least one host name, or `default = true`",
+            );
+        }
+        let name = site
+            .hosts
+            .first()
+            .map_or_else(|| "default".to_owned(), |h| h.get_ref().to_ascii_lowercase());
+        let mut routes = Vec::with_capacity(site.route.len());
+        let mut seen_paths: HashMap<(String, Option<Vec<Method>>), usize> = HashMap::new();
+        for (j, route) in site.route.into_iter().enumerate() {
+            let rkey = format!("{key}.route[{j}]");
+            let r = convert_route(route, &rkey, &name, &upstream_index, &upstreams)?;
+            if let Some(prev) = seen_paths.insert((r.path.clone(), r.methods.clone()), j) {
+                return err(
+                    None,
+                    format!("{rkey}.path"),
+                    format!(
+                        "route[{prev}] of this site already has path {:?} with the same methods",
+                        r.path
+                    ),
+                );
+            }
+            routes.push(r);
+        }
+        sites.push(Site {
+            name,
+            hosts,
+            default: site.default,
+            routes,
+        });
+    }
+
+    Ok(Config {
+        server,
+        log,
+        sites,
+        upstreams,
+    })
+}
+
+fn convert_server(s: file::ServerFile, base_dir: &Path) -> Result<Server, RawError> {
+    let data_dir = resolve_path(base_dir, s.data_dir.as_deref().unwrap_or(defaults::DATA_DIR));
+    let http = match s.http {
+        None => vec![parse_listen(defaults::HTTP_LISTEN).map_err(|m| RawError::invalid(None, "server.http", m))?],
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for (i, a) in list.iter().enumerate() {
+                let addr = parse_listen(a.get_ref()).or_else(|m| err(at(a), format!("server.http[{i}]"), m))?;
+                if out.contains(&addr) {
+                    return err(at(a), format!("server.http[{i}]"), format!("{addr} is listed twice"));
+                }
+                out.push(addr);
+            }
+            out
+        }
+    };
+    let workers = match s.workers {
+        None => std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+        Some(w) => match usize::try_from(*w.get_ref()).ok().and_then(NonZeroUsize::new) {
+            Some(n) if n.get() <= 1024 => n,
+            _ => return err(at(&w), "server.workers", "workers must be between 1 and 1024"),
+        },
+    };
+    let mut trusted_proxies = Vec::with_capacity(s.trusted_proxies.len());
+    for (i, p) in s.trusted_proxies.iter().enumerate() {
+        let net = parse_cidr(p.get_ref()).or_else(|m| err(at(p), format!("server.trusted_proxies[{i}]"), m))?;
+        trusted_proxies.push(net);
+    }
+    let shutdown_timeout = opt_duration(
+        s.shutdown_timeout.as_ref(),
+        "server.shutdown_timeout",
+        defaults::SHUTDOWN_TIMEOUT,
+    )?;
+    Ok(Server {
+        data_dir,
+        http,
+        workers,
+        trusted_proxies,
+        shutdown_timeout,
+    })
+}
+
+fn convert_log(l: file::LogFile, base_dir: &Path) -> Result<Log, RawError> {
+    let level = match &l.level {
+        None => defaults::LOG_LEVEL.to_owned(),
+        Some(v) => {
+            let s = v.get_ref().trim();
+            if s.is_empty() {
+                return err(
+                    at(v),
+                    "log.level",
+                    "expected a level (error, warn, info, debug, trace) or a filter like \"info,gatehouse_edge=debug\"",
+                );
+            }
+            s.to_owned()
+        }
+    };
+    let format = log_format(l.format.as_ref(), "log.format")?.unwrap_or(LogFormat::Text);
+    let access_log_format = log_format(l.access_log_format.as_ref(), "log.access_log_format")?.unwrap_or(format);
+    let access_log = match l.access_log.as_ref().map(|s| s.get_ref().as_str()) {
+        None | Some("stdout") => AccessLogTarget::Stdout,
+        Some("off") => AccessLogTarget::Off,
+        Some("") => {
+            return err(
+                l.access_log.as_ref().and_then(at),
+                "log.access_log",
+                "expected \"stdout\", \"off\" or a file path",
+            );
+        }
+        Some(path) => AccessLogTarget::File(resolve_path(base_dir, path)),
+    };
+    Ok(Log {
+        level,
+        format,
+        access_log,
+        access_log_format,
+    })
+}
+
+fn log_format(v: Option<&Spanned<String>>, key: &str) -> Result<Option<LogFormat>, RawError> {
+    match v.map(|s| s.get_ref().as_str()) {
+        None => Ok(None),
+        Some("text") => Ok(Some(LogFormat::Text)),
+        Some("json") => Ok(Some(LogFormat::Json)),
+        Some(other) => err(
+            v.and_then(at),
+            key,
+            format!("unknown format {other:?}; expected \"text\" or \"json\""),
+        ),
+    }
+}
+
+fn convert_route(
+    route: Spanned<file::RouteFile>,
+    key: &str,
+    site_name: &str,
+    upstream_index: &HashMap<String, usize>,
+    upstreams: &[Upstream],
+) -> Result<Route, RawError> {
+    let span = route.span();
+    let r = route.into_inner();
+    let path = r.path.get_ref();
+    if !path.starts_with('/') || path.contains(['?', '#', ' ']) || path.contains("/../") || path.ends_with("/..") {
+        return err(
+            at(&r.path),
+            format!("{key}.path"),
+            format!("invalid path prefix {path:?}; expected an absolute path like \"/\" or \"/api/\""),
+        );
+    }
+    let methods = match &r.methods {
+        None => None,
+        Some(list) => {
+            if list.is_empty() {
+                return err(
+                    Some(span.clone()),
+                    format!("{key}.methods"),
+                    "an empty method list matches nothing; remove `methods` to match all",
+                );
+            }
+            let mut out = Vec::with_capacity(list.len());
+            for (i, m) in list.iter().enumerate() {
+                let upper = m.get_ref().to_ascii_uppercase();
+                let method = Method::from_bytes(upper.as_bytes()).or_else(|_| {
+                    err(
+                        at(m),
+                        format!("{key}.methods[{i}]"),
+                        format!("invalid method {:?}; expected {METHODS_HINT}", m.get_ref()),
+                    )
+                })?;
+                out.push(method);
+            }
+            Some(out)
+        }
+    };
+
+    let mut actions = Vec::new();
+    if r.upstream.is_some() {
+        actions.push("upstream");
+    }
+    if r.redirect.is_some() {
+        actions.push("redirect");
+    }
+    if r.respond.is_some() {
+        actions.push("respond");
+    }
+    let action = match actions.len() {
+        0 => {
+            return err(
+                Some(span),
+                key,
+                "a route needs one action: `upstream`, `redirect` or `respond`",
+            );
+        }
+        1 => {
+            if let Some(up) = &r.upstream {
+                let Some(&idx) = upstream_index.get(up.get_ref()) else {
+                    let known: Vec<String> = upstreams.iter().map(|u| format!("{:?}", u.name)).collect();
+                    let hint = if known.is_empty() {
+                        "no upstreams are defined; add an [upstream.NAME] table".to_owned()
+                    } else {
+                        format!("defined upstreams: {}", known.join(", "))
+                    };
+                    return err(
+                        at(up),
+                        format!("{key}.upstream"),
+                        format!("upstream {:?} is not defined; {hint}", up.get_ref()),
+                    );
+                };
+                let rewrite = match (&r.rewrite, r.strip_prefix) {
+                    (Some(rw), true) => {
+                        return err(
+                            at(rw),
+                            format!("{key}.rewrite"),
+                            "set either `rewrite` or `strip_prefix`, not both",
+                        );
+                    }
+                    (Some(rw), false) => {
+                        if !rw.get_ref().starts_with('/') {
+                            return err(at(rw), format!("{key}.rewrite"), "a rewrite must start with `/`");
+                        }
+                        Some(rw.get_ref().clone())
+                    }
+                    (None, true) => Some("/".to_owned()),
+                    (None, false) => None,
+                };
+                Action::Proxy(ProxyAction {
+                    upstream: idx,
+                    rewrite,
+                    preserve_host: r.preserve_host,
+                })
+            } else if let Some(red) = r.redirect {
+                let red = red.into_inner();
+                let status = match &red.status {
+                    None => StatusCode::from_u16(defaults::REDIRECT_STATUS)
+                        .map_err(|_| RawError::invalid(None, key, "bad default"))?,
+                    Some(s) => match *s.get_ref() {
+                        301 | 302 | 303 | 307 | 308 => StatusCode::from_u16(*s.get_ref() as u16)
+                            .map_err(|_| RawError::invalid(None, key, "bad status"))?,
+                        other => {
+                            return err(
+                                at(s),
+                                format!("{key}.redirect.status"),
+                                format!("{other} is not a redirect status; expected 301, 302, 303, 307 or 308"),
+                            );
+                        }
+                    },
+                };
+                let to = red.to.get_ref();
+                if to.is_empty() || to.contains(['\r', '\n']) || http::HeaderValue::from_str(to).is_err() {
+                    return err(
+                        at(&red.to),
+                        format!("{key}.redirect.to"),
+                        "expected a URL or absolute path usable as a Location header",
+                    );
+                }
+                reject_proxy_options(&r.rewrite, r.strip_prefix, r.preserve_host, key, "redirect")?;
+                Action::Redirect(Redirect {
+                    to: to.clone(),
+                    status,
+                    keep_path: red.keep_path,
+                })
+            } else if let Some(resp) = r.respond {
+                let resp = resp.into_inner();
+                let status = match &resp.status {
+                    None => StatusCode::OK,
+                    Some(s) => u16::try_from(*s.get_ref())
+                        .ok()
+                        .filter(|c| (200..=599).contains(c))
+                        .and_then(|c| StatusCode::from_u16(c).ok())
+                        .ok_or_else(|| {
+                            RawError::invalid(
+                                Some(s.span().start),
+                                format!("{key}.respond.status"),
+                                "expected a status code from 200 to 599",
+                            )
+                        })?,
+                };
+                let content_type = match &resp.content_type {
+                    None => defaults::RESPOND_CONTENT_TYPE.to_owned(),
+                    Some(ct) => {
+                        if http::HeaderValue::from_str(ct.get_ref()).is_err() || ct.get_ref().is_empty() {
+                            return err(
+                                at(ct),
+                                format!("{key}.respond.content_type"),
+                                "expected a media type such as \"application/json\"",
+                            );
+                        }
+                        ct.get_ref().clone()
+                    }
+                };
+                reject_proxy_options(&r.rewrite, r.strip_prefix, r.preserve_host, key, "respond")?;
+                Action::Respond(Respond {
+                    status,
+                    body: resp.body,
+                    content_type,
+                })
+            } else {
+                return err(Some(span), key, "a route needs one action");
+            }
+        }
+        _ => {
+            return err(
+                Some(span),
+                key,
+                format!(
+                    "a route has exactly one action, but this one sets {}",
+                    actions.join(" and ")
+                ),
+            );
+        }
+    };
+    let name = r.name.unwrap_or_else(|| format!("{site_name}{}", r.path.get_ref()));
+    Ok(Route {
+        name,
+        path: r.path.into_inner(),
+        methods,
+        action,
+    })
+}
+
+fn reject_proxy_options(
+    rewrite: &Option<Spanned<String>>,
+    strip: bool,
+    preserve: bool,
+    key: &str,
+    action: &str,
+) -> Result<(), RawError> {
+    if let Some(rw) = rewrite {
+        return err(
+            at(rw),
+            format!("{key}.rewrite"),
+            format!("`rewrite` only applies to `upstream` routes, not `{action}`"),
+        );
+    }
+    if strip {
+        return err(
+            None,
+            format!("{key}.strip_prefix"),
+            format!("`strip_prefix` only applies to `upstream` routes, not `{action}`"),
+        );
+    }
+    if preserve {
+        return err(
+            None,
+            format!("{key}.preserve_host"),
+            format!("`preserve_host` only applies to `upstream` routes, not `{action}`"),
+        );
+    }
+    Ok(())
+}
+
+fn convert_upstream(name: String, up: Spanned<file::UpstreamFile>, key: &str) -> Result<Upstream, RawError> {
+    let span = up.span();
+    let u = up.into_inner();
+    if u.targets.is_empty() {
+        return err(
+            Some(span),
+            format!("{key}.targets"),
+            "an upstream needs at least one target (\"host:port\")",
+        );
+    }
+    let mut targets = Vec::with_capacity(u.targets.len());
+    for (i, t) in u.targets.iter().enumerate() {
+        let target = parse_target(t.get_ref()).or_else(|m| err(at(t), format!("{key}.targets[{i}]"), m))?;
+        if targets.contains(&target) {
+            return err(
+                at(t),
+                format!("{key}.targets[{i}]"),
+                format!("target {} is listed twice", target.authority),
+            );
+        }
+        targets.push(target);
+    }
+    let keepalive = match &u.keepalive {
+        None => defaults::KEEPALIVE,
+        Some(k) => usize::try_from(*k.get_ref())
+            .ok()
+            .filter(|k| *k <= 100_000)
+            .ok_or_else(|| {
+                RawError::invalid(
+                    Some(k.span().start),
+                    format!("{key}.keepalive"),
+                    "expected a number from 0 to 100000",
+                )
+            })?,
+    };
+    Ok(Upstream {
+        name,
+        targets,
+        connect_timeout: opt_duration(
+            u.connect_timeout.as_ref(),
+            &format!("{key}.connect_timeout"),
+            defaults::CONNECT_TIMEOUT,
+        )?,
+        response_timeout: opt_duration(
+            u.response_timeout.as_ref(),
+            &format!("{key}.response_timeout"),
+            defaults::RESPONSE_TIMEOUT,
+        )?,
+        idle_timeout: opt_duration(
+            u.idle_timeout.as_ref(),
+            &format!("{key}.idle_timeout"),
+            defaults::IDLE_TIMEOUT,
+        )?,
+        keepalive,
+    })
+}
+
+fn opt_duration(v: Option<&Spanned<String>>, key: &str, default: Duration) -> Result<Duration, RawError> {
+    match v {
+        None => Ok(default),
+        Some(s) => {
+            let d = units::duration(s.get_ref()).or_else(|m| err(at(s), key, m))?;
+            if d.is_zero() {
+                return err(at(s), key, "a timeout must be greater than zero");
+            }
+            Ok(d)
+        }
+    }
+}
+
+fn resolve_path(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+}
+
+/// Parses a listen address: `IP:PORT`, `[IPv6]:PORT` or `:PORT` (all interfaces).
+pub(crate) fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    let full = if let Some(port) = s.strip_prefix(':') {
+        format!("0.0.0.0:{port}")
+    } else {
+        s.to_owned()
+    };
+    full.parse::<SocketAddr>().map_err(|_| {
+        format!("invalid listen address {s:?}; expected IP:PORT such as \"0.0.0.0:80\", \"[::]:443\" or \":8080\"")
+    })
+}
+
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(net) = s.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    Err(format!(
+        "invalid network {s:?}; expected an IP address or CIDR such as \"10.0.0.0/8\" or \"fd00::/8\""
+    ))
+}
+
+fn parse_target(s: &str) -> Result<Target, String> {
+    let hint = || {
+        format!(
+            "invalid target {s:?}; expected host:port such as \"127.0.0.1:8000\", \"[::1]:8000\" or \"api.internal:80\""
+        )
+    };
+    if s.contains("://") {
+        return Err(format!("{}; write the address without a scheme", hint()));
+    }
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:").ok_or_else(hint)?;
+        h.parse::<std::net::Ipv6Addr>().map_err(|_| hint())?;
+        (h.to_owned(), p)
+    } else {
+        let (h, p) = s.rsplit_once(':').ok_or_else(hint)?;
+        if h.is_empty() || h.contains(':') || !valid_hostname(h) {
+            return Err(hint());
+        }
+        (h.to_ascii_lowercase(), p)
+    };
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(hint)?;
+    let authority_str = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let authority = authority_str.parse().map_err(|_| hint())?;
+    Ok(Target { host, port, authority })
+}
+
+fn valid_hostname(h: &str) -> bool {
+    h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// Parses a site host pattern.
+pub(crate) fn host_pattern(s: &str) -> Result<HostPattern, String> {
+    let lower = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    if lower == "*" {
+        return Err("`*` is not a host pattern; set `default = true` on the site to answer every host".into());
+    }
+    if let Some(suffix) = lower.strip_prefix("*.") {
+        if !valid_hostname(suffix) || !suffix.contains(|c: char| c.is_ascii_alphabetic()) {
+            return Err(format!(
+                "invalid wildcard {s:?}; expected a pattern like \"*.example.com\""
+            ));
+        }
+        return Ok(HostPattern::Wildcard(format!(".{suffix}")));
+    }
+    if lower.contains('*') {
+        return Err(format!(
+            "invalid host {s:?}; `*` is only allowed as the whole first label, as in \"*.example.com\""
+        ));
+    }
+    if let Some(v6) = lower.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        if v6.parse::<std::net::Ipv6Addr>().is_ok() {
+            return Ok(HostPattern::Exact(lower));
+        }
+    }
+    if lower.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Ok(HostPattern::Exact(format!("[{lower}]")));
+    }
+    if lower.contains(':') {
+        return Err(format!("invalid host {s:?}; give the name without a port"));
+    }
+    if !valid_hostname(&lower) {
+        return Err(format!("invalid host name {s:?}"));
+    }
+    Ok(HostPattern::Exact(lower))
+}

@@ -1,0 +1,174 @@
+//! The file model: what `gatehouse.toml` may contain, exactly as written.
+//!
+//! Every struct rejects unknown keys. Values that the second layer validates are
+//! wrapped in [`Spanned`] so errors can point at them. Defaults and meanings are
+//! documented here and in `docs/config.md`; keep the two in step.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+pub use toml::Spanned;
+
+use crate::error::{ErrorKind, RawError};
+
+/// The whole config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Process-wide settings: listeners, data directory, workers, shutdown.
+    #[serde(default)]
+    pub server: ServerFile,
+    /// Logging and access logs.
+    #[serde(default)]
+    pub log: LogFile,
+    /// Sites, matched by the request's host name, each with its routes.
+    #[serde(default)]
+    pub site: Vec<SiteFile>,
+    /// Named pools of backend servers that routes proxy to.
+    #[serde(default)]
+    pub upstream: BTreeMap<String, Spanned<UpstreamFile>>,
+}
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// Directory for state (databases, certificates, releases). Default `./data`,
+    /// relative to the config file.
+    pub data_dir: Option<String>,
+    /// Plain HTTP listen addresses (HTTP/1.1, and HTTP/2 with prior knowledge).
+    /// Default `["0.0.0.0:8080"]`.
+    pub http: Option<Vec<Spanned<String>>>,
+    /// Worker threads, each with its own event loop. Default: one per CPU core.
+    pub workers: Option<Spanned<i64>>,
+    /// Peers (CIDR or single IP) whose `X-Forwarded-For`, `Forwarded` and
+    /// `X-Request-Id` headers are believed. Default: none.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// How long a graceful shutdown waits for in-flight requests. Default `30s`.
+    pub shutdown_timeout: Option<Spanned<String>>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// Minimum level, or a filter like `info,gatehouse_edge=debug`. Default `info`.
+    pub level: Option<Spanned<String>>,
+    /// `text` (readable in a terminal) or `json`. Default `text`.
+    pub format: Option<Spanned<String>>,
+    /// `stdout`, `off`, or a file path. Default `stdout`.
+    pub access_log: Option<Spanned<String>>,
+    /// `text` or `json`. Default: the same as `format`.
+    pub access_log_format: Option<Spanned<String>>,
+}
+
+/// `[[site]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteFile {
+    /// Host names this site answers: exact names (`app.example.com`), IP
+    /// addresses, or one-label wildcards (`*.example.com`).
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    /// Answer requests whose host matches no site. At most one site may set it.
+    #[serde(default)]
+    pub default: bool,
+    /// Routes, matched by path prefix; the longest matching prefix wins.
+    #[serde(default)]
+    pub route: Vec<Spanned<RouteFile>>,
+}
+
+/// `[[site.route]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// Path prefix, starting with `/`. `/api` matches `/api` and `/api/…` but not
+    /// `/apix`; `/` matches everything.
+    pub path: Spanned<String>,
+    /// Only these methods match (e.g. `["GET", "HEAD"]`). Default: all.
+    pub methods: Option<Vec<Spanned<String>>>,
+    /// A name for logs and metrics. Default: the site's first host and the path.
+    pub name: Option<String>,
+
+    /// Proxy to this `[upstream.NAME]`.
+    pub upstream: Option<Spanned<String>>,
+    /// Answer with a redirect.
+    pub redirect: Option<Spanned<RedirectFile>>,
+    /// Answer with a fixed response.
+    pub respond: Option<Spanned<RespondFile>>,
+
+    /// Remove the route's prefix before proxying (`/api/users` → `/users`).
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// Replace the route's prefix with this before proxying
+    /// (`path = "/api/"`, `rewrite = "/v1/"`: `/api/users` → `/v1/users`).
+    pub rewrite: Option<Spanned<String>>,
+    /// Send the client's `Host` header upstream instead of the target's address.
+    #[serde(default)]
+    pub preserve_host: bool,
+}
+
+/// `redirect = { to = "...", status = 308, keep_path = true }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedirectFile {
+    /// Target URL or absolute path.
+    pub to: Spanned<String>,
+    /// 301, 302, 303, 307 or 308. Default 308.
+    pub status: Option<Spanned<i64>>,
+    /// Append the part of the path after the route prefix, and the query string.
+    #[serde(default)]
+    pub keep_path: bool,
+}
+
+/// `respond = { status = 200, body = "ok" }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondFile {
+    /// Status code, 100–599. Default 200.
+    pub status: Option<Spanned<i64>>,
+    /// Body text. Default empty.
+    #[serde(default)]
+    pub body: String,
+    /// Content type. Default `text/plain; charset=utf-8`.
+    pub content_type: Option<Spanned<String>>,
+}
+
+/// `[upstream.NAME]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// Backend addresses as `host:port` (`127.0.0.1:8000`, `api.internal:80`).
+    pub targets: Vec<Spanned<String>>,
+    /// Time to establish a TCP connection to a target. Default `5s`.
+    pub connect_timeout: Option<Spanned<String>>,
+    /// Time from sending the request to receiving the response headers. Default `60s`.
+    pub response_timeout: Option<Spanned<String>>,
+    /// How long an idle keep-alive connection stays in the pool. Default `90s`.
+    pub idle_timeout: Option<Spanned<String>>,
+    /// Idle keep-alive connections kept per target and worker. Default 64.
+    pub keepalive: Option<Spanned<i64>>,
+}
+
+impl FileConfig {
+    /// Parses TOML text into the file model.
+    pub(crate) fn from_toml(text: &str) -> Result<Self, RawError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| toml_error(&e, String::new()))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            // `Spanned<T>` adds a private field name to the path; hide it.
+            let path = e.path().to_string().replace(".$__serde_spanned_private_value", "");
+            let path = if path == "." { String::new() } else { path };
+            toml_error(e.inner(), path)
+        })
+    }
+}
+
+fn toml_error(e: &toml::de::Error, path: String) -> RawError {
+    let message = e.message().trim().to_owned();
+    RawError {
+        offset: e.span().map(|s| s.start),
+        path,
+        kind: ErrorKind::Syntax(message),
+    }
+}

@@ -1,0 +1,185 @@
+//! The typed runtime configuration, produced from the file model by validation.
+//!
+//! Everything here is already checked: addresses parse, durations are durations,
+//! routes point at upstreams that exist (by index), host names are normalised.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use ipnet::IpNet;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Process-wide settings.
+    pub server: Server,
+    /// Logging settings.
+    pub log: Log,
+    /// Sites in file order.
+    pub sites: Vec<Site>,
+    /// Upstream pools; routes refer to them by index.
+    pub upstreams: Vec<Upstream>,
+}
+
+/// `[server]`, validated.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Directory for state, resolved against the config file's directory.
+    pub data_dir: PathBuf,
+    /// Plain-HTTP listen addresses.
+    pub http: Vec<SocketAddr>,
+    /// Number of worker threads.
+    pub workers: NonZeroUsize,
+    /// Peers whose forwarding headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Deadline for in-flight requests at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Where access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    /// Access logging disabled.
+    Off,
+    /// Standard output.
+    Stdout,
+    /// Appended to this file.
+    File(PathBuf),
+}
+
+/// `[log]`, validated.
+#[derive(Debug, Clone)]
+pub struct Log {
+    /// A `tracing` filter directive such as `info` or `info,gatehouse_edge=debug`.
+    pub level: String,
+    /// Format of diagnostic logs.
+    pub format: LogFormat,
+    /// Access-log destination.
+    pub access_log: AccessLogTarget,
+    /// Access-log line format.
+    pub access_log_format: LogFormat,
+}
+
+/// A host-name pattern of a site.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// An exact, lower-case host name or IP address.
+    Exact(String),
+    /// `*.example.com`, stored as the suffix `.example.com`; matches exactly one
+    /// extra label (`a.example.com`, not `a.b.example.com` or `example.com`).
+    Wildcard(String),
+}
+
+/// A site, validated.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// A display name: the first host pattern, or `default`.
+    pub name: String,
+    /// Host patterns.
+    pub hosts: Vec<HostPattern>,
+    /// Whether this site answers unknown hosts.
+    pub default: bool,
+    /// Routes in file order (the router orders them by prefix length).
+    pub routes: Vec<Route>,
+}
+
+/// A route, validated.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Name used in logs and metrics.
+    pub name: String,
+    /// Normalised path prefix, always starting with `/`.
+    pub path: String,
+    /// Methods this route accepts; `None` accepts all.
+    pub methods: Option<Vec<Method>>,
+    /// What to do with a matching request.
+    pub action: Action,
+}
+
+/// What a route does with a request.
+///
+/// New kinds of routes (static files, built-in services) are added as variants.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Action {
+    /// Reverse-proxy to an upstream pool.
+    Proxy(ProxyAction),
+    /// Answer with a redirect.
+    Redirect(Redirect),
+    /// Answer with a fixed response.
+    Respond(Respond),
+}
+
+/// Proxy settings of a route.
+#[derive(Debug, Clone)]
+pub struct ProxyAction {
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Replacement for the route prefix, if the path is rewritten. `strip_prefix`
+    /// is a rewrite to `/`.
+    pub rewrite: Option<String>,
+    /// Forward the client's Host header instead of the target's authority.
+    pub preserve_host: bool,
+}
+
+/// A redirect response.
+#[derive(Debug, Clone)]
+pub struct Redirect {
+    /// Location (URL or absolute path).
+    pub to: String,
+    /// A 3xx redirect status.
+    pub status: StatusCode,
+    /// Append the rest of the path and the query to `to`.
+    pub keep_path: bool,
+}
+
+/// A fixed response.
+#[derive(Debug, Clone)]
+pub struct Respond {
+    /// Status code.
+    pub status: StatusCode,
+    /// Body.
+    pub body: String,
+    /// Content type of the body.
+    pub content_type: String,
+}
+
+/// An upstream pool, validated.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// The pool's name from `[upstream.NAME]`.
+    pub name: String,
+    /// Backend targets.
+    pub targets: Vec<Target>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Time allowed until response headers arrive.
+    pub response_timeout: Duration,
+    /// Idle keep-alive connection lifetime.
+    pub idle_timeout: Duration,
+    /// Idle connections kept per target per worker.
+    pub keepalive: usize,
+}
+
+/// A backend address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// `host:port` as used in URIs and the Host header (IPv6 in brackets).
+    pub authority: http::uri::Authority,
+}

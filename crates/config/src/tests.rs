@@ -1,0 +1,306 @@
+use std::path::Path;
+
+use super::*;
+
+fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    parse_with_env(text, Path::new("/etc/gatehouse/test.toml"), &move |name| {
+        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    })
+}
+
+fn ok(text: &str) -> Config {
+    match parse_env(text, &[]) {
+        Ok(c) => c,
+        Err(e) => panic!("expected valid config, got: {e}"),
+    }
+}
+
+/// Asserts the error's line, column, key path and a fragment of the message.
+fn fails(text: &str, line: usize, col: usize, key: &str, fragment: &str) -> ConfigError {
+    let e = match parse_env(text, &[]) {
+        Ok(_) => panic!("expected an error containing {fragment:?}"),
+        Err(e) => e,
+    };
+    let shown = e.to_string();
+    assert_eq!(e.position(), Some((line, col)), "position of: {shown}");
+    assert_eq!(e.key(), key, "key of: {shown}");
+    assert!(shown.contains(fragment), "{shown:?} should contain {fragment:?}");
+    assert!(
+        shown.starts_with(&format!("/etc/gatehouse/test.toml:{line}:{col}: ")),
+        "{shown}"
+    );
+    e
+}
+
+const BASE: &str = r#"
+[upstream.api]
+targets = ["127.0.0.1:8000", "[::1]:8001", "api.internal:80"]
+
+[[site]]
+hosts = ["app.example.com", "*.example.org"]
+  [[site.route]]
+  path = "/api/"
+  upstream = "api"
+  strip_prefix = true
+  [[site.route]]
+  path = "/old"
+  redirect = { to = "https://new.example.com", status = 301, keep_path = true }
+  [[site.route]]
+  path = "/"
+  methods = ["get", "HEAD"]
+  respond = { status = 200, body = "hello" }
+"#;
+
+#[test]
+fn valid_config_converts_to_typed_model() {
+    let c = ok(BASE);
+    assert_eq!(c.server.http, vec!["0.0.0.0:8080".parse().unwrap()]);
+    assert_eq!(c.server.data_dir, Path::new("/etc/gatehouse/./data"));
+    assert_eq!(c.upstreams.len(), 1);
+    let up = &c.upstreams[0];
+    assert_eq!(up.targets[1].authority.as_str(), "[::1]:8001");
+    assert_eq!(up.targets[1].host, "::1");
+    assert_eq!(up.targets[2].port, 80);
+    let site = &c.sites[0];
+    assert_eq!(site.hosts[1], HostPattern::Wildcard(".example.org".into()));
+    match &site.routes[0].action {
+        Action::Proxy(p) => {
+            assert_eq!(p.upstream, 0);
+            assert_eq!(p.rewrite.as_deref(), Some("/"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    match &site.routes[1].action {
+        Action::Redirect(r) => {
+            assert_eq!(r.status.as_u16(), 301);
+            assert!(r.keep_path);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(
+        site.routes[2].methods.as_ref().unwrap(),
+        &[http::Method::GET, http::Method::HEAD]
+    );
+    assert_eq!(site.routes[2].name, "app.example.com/");
+}
+
+#[test]
+fn unknown_key_is_rejected_with_position() {
+    let text = "[server]\nhttp = [\":8080\"]\nlisten = 1\n";
+    fails(text, 3, 1, "server.listen", "unknown field `listen`");
+}
+
+#[test]
+fn unknown_key_in_route_names_the_route() {
+    let text = "[[site]]\nhosts = [\"a.com\"]\n[[site.route]]\npath = \"/\"\nrespond = {}\nupstreem = \"x\"\n";
+    let e = fails(text, 6, 1, "site[0].route[0].upstreem", "unknown field `upstreem`");
+    assert!(e.to_string().contains("expected one of"), "{e}");
+}
+
+#[test]
+fn wrong_type_is_rejected_with_position() {
+    fails("[server]\nworkers = \"two\"\n", 2, 11, "server.workers", "invalid type");
+}
+
+#[test]
+fn bad_duration_names_the_key() {
+    let text = "[server]\nshutdown_timeout = \"10 parsecs\"\n";
+    fails(
+        text,
+        2,
+        20,
+        "server.shutdown_timeout",
+        "invalid duration \"10 parsecs\"",
+    );
+}
+
+#[test]
+fn bad_listen_address_names_the_key() {
+    fails(
+        "[server]\nhttp = [\":8080\", \"localhost:80\"]\n",
+        2,
+        18,
+        "server.http[1]",
+        "invalid listen address",
+    );
+}
+
+#[test]
+fn bad_cidr_names_the_key() {
+    fails(
+        "[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+        2,
+        20,
+        "server.trusted_proxies[0]",
+        "invalid network",
+    );
+}
+
+#[test]
+fn trusted_proxies_accept_ips_and_cidrs() {
+    let c = ok("[server]\ntrusted_proxies = [\"10.0.0.1/8\", \"192.168.1.5\", \"fd00::/8\"]\n");
+    let nets: Vec<String> = c.server.trusted_proxies.iter().map(ToString::to_string).collect();
+    assert_eq!(nets, ["10.0.0.0/8", "192.168.1.5/32", "fd00::/8"]);
+}
+
+#[test]
+fn duplicate_host_points_at_second_use() {
+    let text = "[[site]]\nhosts = [\"a.com\"]\n[[site]]\nhosts = [\"x.com\", \"A.com\"]\n";
+    fails(text, 4, 19, "site[1].hosts[1]", "already used by site[0]");
+}
+
+#[test]
+fn undefined_upstream_lists_the_defined_ones() {
+    let text = "[upstream.api]\ntargets = [\"127.0.0.1:1\"]\n[[site]]\nhosts = [\"a.com\"]\n[[site.route]]\npath = \"/\"\nupstream = \"apii\"\n";
+    fails(
+        text,
+        7,
+        12,
+        "site[0].route[0].upstream",
+        "upstream \"apii\" is not defined; defined upstreams: \"api\"",
+    );
+}
+
+#[test]
+fn route_without_action_is_rejected() {
+    let text = "[[site]]\nhosts = [\"a.com\"]\n[[site.route]]\npath = \"/\"\n";
+    fails(text, 3, 1, "site[0].route[0]", "a route needs one action");
+}
+
+#[test]
+fn route_with_two_actions_is_rejected() {
+    let text =
+        "[[site]]\nhosts = [\"a.com\"]\n[[site.route]]\npath = \"/\"\nrespond = {}\nredirect = { to = \"/x\" }\n";
+    fails(text, 3, 1, "site[0].route[0]", "sets redirect and respond");
+}
+
+#[test]
+fn bad_target_is_rejected() {
+    let text = "[upstream.api]\ntargets = [\"http://127.0.0.1:8000\"]\n";
+    fails(text, 2, 12, "upstream.api.targets[0]", "without a scheme");
+    let text = "[upstream.api]\ntargets = [\"127.0.0.1\"]\n";
+    fails(text, 2, 12, "upstream.api.targets[0]", "expected host:port");
+}
+
+#[test]
+fn bad_redirect_status_is_rejected() {
+    let text =
+        "[[site]]\nhosts = [\"a.com\"]\n[[site.route]]\npath = \"/\"\nredirect = { to = \"/x\", status = 200 }\n";
+    fails(text, 5, 34, "site[0].route[0].redirect.status", "not a redirect status");
+}
+
+#[test]
+fn bad_method_is_rejected() {
+    let text = "[[site]]\nhosts = [\"a.com\"]\n[[site.route]]\npath = \"/\"\nmethods = [\"G T\"]\nrespond = {}\n";
+    fails(text, 5, 12, "site[0].route[0].methods[0]", "invalid method");
+}
+
+#[test]
+fn bad_path_is_rejected() {
+    let text = "[[site]]\nhosts = [\"a.com\"]\n[[site.route]]\npath = \"api\"\nrespond = {}\n";
+    fails(text, 4, 8, "site[0].route[0].path", "invalid path prefix");
+}
+
+#[test]
+fn bad_host_patterns_are_rejected() {
+    fails(
+        "[[site]]\nhosts = [\"*\"]\n",
+        2,
+        10,
+        "site[0].hosts[0]",
+        "default = true",
+    );
+    fails(
+        "[[site]]\nhosts = [\"a.*.com\"]\n",
+        2,
+        10,
+        "site[0].hosts[0]",
+        "only allowed as the whole first label",
+    );
+    fails(
+        "[[site]]\nhosts = [\"a.com:80\"]\n",
+        2,
+        10,
+        "site[0].hosts[0]",
+        "without a port",
+    );
+}
+
+#[test]
+fn two_default_sites_are_rejected() {
+    let text = "[[site]]\ndefault = true\n[[site]]\ndefault = true\n";
+    let e = parse_env(text, &[]).unwrap_err();
+    assert_eq!(e.key(), "site[1].default");
+    assert!(e.to_string().contains("already the default site"), "{e}");
+}
+
+#[test]
+fn syntax_error_has_position() {
+    let e = parse_env("[server\nhttp = 1\n", &[]).unwrap_err();
+    assert_eq!(e.position().map(|p| p.0), Some(1));
+    assert!(matches!(e.kind(), ErrorKind::Syntax(_)), "{e}");
+}
+
+#[test]
+fn duplicate_key_is_a_syntax_error() {
+    let e = parse_env("[server]\nworkers = 1\nworkers = 2\n", &[]).unwrap_err();
+    assert_eq!(e.position().map(|p| p.0), Some(3), "{e}");
+}
+
+#[test]
+fn variables_are_substituted() {
+    let text = "[upstream.api]\ntargets = [\"${API_HOST}:${API_PORT:-9000}\"]\n";
+    let c = parse_env(text, &[("API_HOST", "10.1.2.3")]).unwrap();
+    assert_eq!(c.upstreams[0].targets[0].authority.as_str(), "10.1.2.3:9000");
+}
+
+#[test]
+fn literal_dollar_brace_is_kept() {
+    let text = "[[site]]\nhosts = [\"a.com\"]\n[[site.route]]\npath = \"/\"\nrespond = { body = \"$${HOME}\" }\n";
+    let c = parse_env(text, &[]).unwrap();
+    match &c.sites[0].routes[0].action {
+        Action::Respond(r) => assert_eq!(r.body, "${HOME}"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn missing_variable_is_named() {
+    let text = "# ${IN_COMMENT} is ignored\n[server]\ndata_dir = \"/srv/${DATA}\"\n";
+    let e = parse_env(text, &[]).unwrap_err();
+    assert_eq!(e.position(), Some((3, 18)));
+    assert!(e.to_string().contains("environment variable DATA is not set"), "{e}");
+}
+
+#[test]
+fn positions_after_substitution_map_to_the_original_text() {
+    // The value expands to something longer; the error after it must still point
+    // at the original column of the bad value.
+    let text = "[server]\nhttp = [\"${ADDR}\", \"bad\"]\n";
+    let e = parse_env(text, &[("ADDR", "127.0.0.1:8080000000000000")]).unwrap_err();
+    assert_eq!(e.position(), Some((2, 9)), "{e}");
+    let e = parse_env(text, &[("ADDR", "127.0.0.1:80")]).unwrap_err();
+    assert_eq!(e.position(), Some((2, 20)), "{e}");
+}
+
+#[test]
+fn io_error_names_the_file() {
+    let e = load(Path::new("/nonexistent/gatehouse.toml")).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/gatehouse.toml: cannot read config file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn zero_workers_rejected() {
+    fails("[server]\nworkers = 0\n", 2, 11, "server.workers", "between 1 and 1024");
+}
+
+#[test]
+fn rewrite_and_strip_prefix_conflict() {
+    let text = "[upstream.a]\ntargets=[\"127.0.0.1:1\"]\n[[site]]\nhosts=[\"a.com\"]\n[[site.route]]\npath=\"/\"\nupstream=\"a\"\nstrip_prefix=true\nrewrite=\"/x\"\n";
+    fails(text, 9, 9, "site[0].route[0].rewrite", "not both");
+}

@@ -1,0 +1,179 @@
+//! Body types on the request path.
+//!
+//! Both wrap hyper's streaming [`Incoming`] without buffering: data frames are
+//! passed through one at a time, so memory stays bounded whatever the body size,
+//! and back-pressure from the slower side reaches the faster one.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gatehouse_observe::{AccessLogSender, AccessRecord};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+
+pin_project! {
+    /// A client's request body on its way upstream, counting bytes for the
+    /// access log when it is on.
+    pub struct RequestBody {
+        #[pin]
+        inner: Incoming,
+        counter: Option<Arc<AtomicU64>>,
+    }
+}
+
+impl RequestBody {
+    pub(crate) fn new(inner: Incoming, counter: Option<Arc<AtomicU64>>) -> Self {
+        Self { inner, counter }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let res = this.inner.poll_frame(cx);
+        if let (Some(counter), Poll::Ready(Some(Ok(frame)))) = (this.counter.as_ref(), &res) {
+            if let Some(data) = frame.data_ref() {
+                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind {
+        Upstream { #[pin] body: Incoming },
+        Full { data: Option<Bytes> },
+    }
+}
+
+pin_project! {
+    /// A response body sent to a client: streamed from an upstream or generated
+    /// locally. When access logging is on it carries the request's log record,
+    /// which is written when the body is finished or dropped (a client that goes
+    /// away mid-download is still logged, with the bytes it got).
+    pub struct ResponseBody {
+        #[pin]
+        kind: Kind,
+        log: Option<Box<PendingLog>>,
+    }
+}
+
+impl ResponseBody {
+    pub(crate) fn upstream(body: Incoming) -> Self {
+        Self {
+            kind: Kind::Upstream { body },
+            log: None,
+        }
+    }
+
+    pub(crate) fn full(data: impl Into<Bytes>) -> Self {
+        let data: Bytes = data.into();
+        Self {
+            kind: Kind::Full {
+                data: (!data.is_empty()).then_some(data),
+            },
+            log: None,
+        }
+    }
+
+    pub(crate) fn empty() -> Self {
+        Self {
+            kind: Kind::Full { data: None },
+            log: None,
+        }
+    }
+
+    pub(crate) fn set_log(&mut self, log: Box<PendingLog>) {
+        self.log = Some(log);
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let res = match this.kind.project() {
+            KindProj::Upstream { body } => body.poll_frame(cx),
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        };
+        if let (Some(log), Poll::Ready(Some(Ok(frame)))) = (this.log.as_mut(), &res) {
+            if let Some(data) = frame.data_ref() {
+                log.record.bytes_out += data.len() as u64;
+            }
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Upstream { body } => body.is_end_stream(),
+            Kind::Full { data } => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Upstream { body } => body.size_hint(),
+            Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+        }
+    }
+}
+
+/// An access-log record waiting for its response body to finish.
+pub(crate) struct PendingLog {
+    pub(crate) sender: AccessLogSender,
+    pub(crate) record: AccessRecord,
+    pub(crate) start: Instant,
+    pub(crate) bytes_in: Option<Arc<AtomicU64>>,
+}
+
+impl Drop for PendingLog {
+    fn drop(&mut self) {
+        self.record.duration = self.start.elapsed();
+        if let Some(counter) = &self.bytes_in {
+            self.record.bytes_in = counter.load(Ordering::Relaxed);
+        }
+        let record = std::mem::replace(&mut self.record, placeholder());
+        self.sender.send(record);
+    }
+}
+
+/// A cheap stand-in left behind after the real record is sent.
+fn placeholder() -> AccessRecord {
+    AccessRecord {
+        time: std::time::UNIX_EPOCH,
+        request_id: http::HeaderValue::from_static(""),
+        client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        method: http::Method::GET,
+        host: None,
+        uri: http::Uri::from_static("/"),
+        version: http::Version::HTTP_11,
+        status: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        duration: Duration::ZERO,
+        route: None,
+        upstream: None,
+        upstream_duration: None,
+    }
+}

@@ -1,0 +1,336 @@
+//! Hop-by-hop headers and the forwarding headers a proxy adds.
+//!
+//! RFC 9110 §7.6.1: a proxy removes the headers named in `Connection` and the
+//! connection-specific headers before forwarding, in both directions.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+/// Connection-specific headers that never cross a proxy.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Removes hop-by-hop headers, including any listed in `Connection`.
+///
+/// Returns the `Upgrade` value if the message asked for a protocol upgrade
+/// (`Connection: upgrade` plus an `Upgrade` header), so the caller can forward it.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
+    let mut upgrade = None;
+    if let Some(conn) = headers.get(header::CONNECTION) {
+        // Collect first: removing while iterating `conn` would borrow twice.
+        let mut listed: Vec<HeaderName> = Vec::new();
+        let mut wants_upgrade = false;
+        if let Ok(value) = conn.to_str() {
+            for token in value.split(',') {
+                let token = token.trim();
+                if token.eq_ignore_ascii_case("upgrade") {
+                    wants_upgrade = true;
+                } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    listed.push(name);
+                }
+            }
+        }
+        for name in listed {
+            // Never let `Connection` remove the headers the proxy itself relies on.
+            if name != header::HOST {
+                headers.remove(&name);
+            }
+        }
+        if wants_upgrade {
+            upgrade = headers.get(header::UPGRADE).cloned();
+        }
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if te_trailers {
+        // `TE: trailers` is end-to-end meaningful (gRPC needs it).
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    upgrade
+}
+
+/// Whether `ip` is one of the trusted proxies.
+pub(crate) fn is_trusted(trusted: &[IpNet], ip: IpAddr) -> bool {
+    let ip = canonical(ip);
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// Maps IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`) to IPv4.
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The client address: the peer, or — when the peer is a trusted proxy — the
+/// right-most address in `X-Forwarded-For` that is not itself a trusted proxy.
+///
+/// Unparseable entries stop the walk: nothing left of garbage is believed.
+pub(crate) fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+    if trusted.is_empty() || !is_trusted(trusted, peer) {
+        return peer;
+    }
+    let mut client = peer;
+    // Headers are walked last to first, and entries right to left.
+    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(value) = value.to_str() else { return client };
+        for entry in value.rsplit(',') {
+            let Some(ip) = parse_forwarded_ip(entry.trim()) else {
+                return client;
+            };
+            client = canonical(ip);
+            if !is_trusted(trusted, client) {
+                return client;
+            }
+        }
+    }
+    client
+}
+
+fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    // `[v6]:port`, `[v6]`, or `v4:port`
+    if let Some(rest) = s.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    s.rsplit_once(':').and_then(|(ip, _)| ip.parse().ok())
+}
+
+/// Pre-computed per-connection values, so the common request does not format
+/// the peer address again.
+#[derive(Debug, Clone)]
+pub(crate) struct PeerInfo {
+    pub(crate) ip: IpAddr,
+    pub(crate) trusted: bool,
+    /// The peer address as a header value (for `X-Forwarded-For`).
+    pub(crate) ip_header: HeaderValue,
+    /// The peer as a `Forwarded` node (`for=1.2.3.4` or `for="[::1]"`).
+    pub(crate) forwarded_node: String,
+}
+
+impl PeerInfo {
+    pub(crate) fn new(ip: IpAddr, trusted: &[IpNet]) -> Self {
+        let ip = canonical(ip);
+        let text = ip.to_string();
+        let forwarded_node = match ip {
+            IpAddr::V4(_) => format!("for={text}"),
+            IpAddr::V6(_) => format!("for=\"[{text}]\""),
+        };
+        Self {
+            ip,
+            trusted: is_trusted(trusted, ip),
+            // An IP address's text form is always a valid header value.
+            ip_header: HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("unknown")),
+            forwarded_node,
+        }
+    }
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` on a request going upstream.
+///
+/// From a trusted peer, existing values are extended; from anyone else they are
+/// replaced, so a client cannot forge its address or scheme.
+pub(crate) fn add_forwarding_headers(
+    headers: &mut HeaderMap,
+    peer: &PeerInfo,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    let xff = if peer.trusted {
+        match join_existing(headers, &X_FORWARDED_FOR) {
+            Some(mut prior) => {
+                prior.extend_from_slice(b", ");
+                prior.extend_from_slice(peer.ip_header.as_bytes());
+                HeaderValue::from_bytes(&prior).unwrap_or_else(|_| peer.ip_header.clone())
+            }
+            None => peer.ip_header.clone(),
+        }
+    } else {
+        peer.ip_header.clone()
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
+
+    if !(peer.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    }
+    if !(peer.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match host {
+            Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+    }
+
+    let mut node = String::with_capacity(64);
+    node.push_str(&peer.forwarded_node);
+    if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+        node.push_str(";host=\"");
+        node.push_str(h);
+        node.push('"');
+    }
+    node.push_str(";proto=");
+    node.push_str(proto);
+    let forwarded = if peer.trusted {
+        match join_existing(headers, &header::FORWARDED) {
+            Some(mut prior) => {
+                prior.extend_from_slice(b", ");
+                prior.extend_from_slice(node.as_bytes());
+                HeaderValue::from_bytes(&prior).ok()
+            }
+            None => HeaderValue::from_str(&node).ok(),
+        }
+    } else {
+        HeaderValue::from_str(&node).ok()
+    };
+    match forwarded {
+        Some(v) => headers.insert(header::FORWARDED, v),
+        None => headers.remove(header::FORWARDED),
+    };
+}
+
+/// All values of a header joined with `, `, or `None` if absent.
+fn join_existing(headers: &HeaderMap, name: &HeaderName) -> Option<Vec<u8>> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    let mut out = first.as_bytes().to_vec();
+    for v in values {
+        out.extend_from_slice(b", ");
+        out.extend_from_slice(v.as_bytes());
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn connection_listed_headers_are_removed() {
+        let mut h = hm(&[
+            ("connection", "keep-alive, x-secret, Upgrade"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("upgrade", "websocket"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authorization", "Basic x"),
+            ("te", "trailers"),
+            ("x-kept", "yes"),
+        ]);
+        let up = strip_hop_by_hop(&mut h);
+        assert_eq!(up.unwrap(), "websocket");
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["x-kept", "te"]);
+    }
+
+    #[test]
+    fn te_other_than_trailers_is_removed() {
+        let mut h = hm(&[("te", "gzip")]);
+        assert!(strip_hop_by_hop(&mut h).is_none());
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_spoof_client_ip() {
+        let h = hm(&[("x-forwarded-for", "1.2.3.4")]);
+        let peer: IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(client_ip(&h, peer, &nets(&["10.0.0.0/8"])), peer);
+        assert_eq!(client_ip(&h, peer, &[]), peer);
+    }
+
+    #[test]
+    fn trusted_chain_yields_rightmost_untrusted() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let h = hm(&[
+            ("x-forwarded-for", "6.6.6.6, 198.51.100.2"),
+            ("x-forwarded-for", "10.1.1.1"),
+        ]);
+        let ip = client_ip(&h, "10.0.0.5".parse().unwrap(), &trusted);
+        assert_eq!(ip, "198.51.100.2".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn garbage_in_chain_stops_the_walk() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let h = hm(&[("x-forwarded-for", "6.6.6.6, nonsense, 10.2.2.2")]);
+        assert_eq!(
+            client_ip(&h, "10.0.0.5".parse().unwrap(), &trusted),
+            "10.2.2.2".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn forwarding_headers_replace_untrusted_values() {
+        let mut h = hm(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=1.1.1.1"),
+        ]);
+        let peer = PeerInfo::new("203.0.113.7".parse().unwrap(), &[]);
+        add_forwarding_headers(
+            &mut h,
+            &peer,
+            "http",
+            Some(&HeaderValue::from_static("app.example.com")),
+        );
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "app.example.com");
+        assert_eq!(h["forwarded"], "for=203.0.113.7;host=\"app.example.com\";proto=http");
+    }
+
+    #[test]
+    fn forwarding_headers_extend_trusted_values() {
+        let mut h = hm(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=1.1.1.1;proto=https"),
+        ]);
+        let peer = PeerInfo::new("::1".parse().unwrap(), &nets(&["::1/128"]));
+        add_forwarding_headers(&mut h, &peer, "http", None);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, ::1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["forwarded"], "for=1.1.1.1;proto=https, for=\"[::1]\";proto=http");
+    }
+
+    #[test]
+    fn mapped_ipv4_is_canonical() {
+        let peer = PeerInfo::new("::ffff:10.0.0.1".parse().unwrap(), &nets(&["10.0.0.0/8"]));
+        assert!(peer.trusted);
+        assert_eq!(peer.ip_header, "10.0.0.1");
+    }
+}

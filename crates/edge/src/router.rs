@@ -1,0 +1,310 @@
+//! Site and route matching.
+//!
+//! A request is matched in two steps: its host picks a site (exact name, then a
+//! one-label wildcard, then the default site), and its normalised path picks the
+//! site's route with the longest matching prefix whose methods allow the request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gatehouse_config::{Action, Config, HostPattern};
+use http::Method;
+
+/// The compiled routing table of one configuration.
+#[derive(Debug)]
+pub(crate) struct Router {
+    exact: HashMap<Box<str>, usize>,
+    wildcard: HashMap<Box<str>, usize>,
+    default: Option<usize>,
+    sites: Vec<SiteRoutes>,
+}
+
+#[derive(Debug)]
+struct SiteRoutes {
+    /// Sorted by prefix length, longest first.
+    routes: Vec<CompiledRoute>,
+}
+
+/// A route ready for the request path.
+#[derive(Debug)]
+pub(crate) struct CompiledRoute {
+    /// The prefix with any trailing `/` removed (empty for `/`).
+    prefix: Box<str>,
+    methods: Option<Vec<Method>>,
+    pub(crate) name: Arc<str>,
+    pub(crate) action: Action,
+    /// Pre-built body of a `respond` action.
+    pub(crate) respond_body: Bytes,
+}
+
+/// Outcome of matching a request.
+#[derive(Debug)]
+pub(crate) enum Match<'a> {
+    /// A route accepts the request.
+    Route(&'a CompiledRoute),
+    /// No site answers this host.
+    UnknownHost,
+    /// The site has no route for this path.
+    NoRoute,
+    /// Routes match the path, but none allows the method; `Allow` lists these.
+    MethodNotAllowed(Vec<Method>),
+}
+
+impl CompiledRoute {
+    /// The part of `path` after the route's prefix: empty or starting with `/`.
+    pub(crate) fn rest<'p>(&self, path: &'p str) -> &'p str {
+        path.get(self.prefix.len()..).unwrap_or("")
+    }
+
+    fn matches_path(&self, path: &str) -> bool {
+        match path.strip_prefix(&*self.prefix) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/') || self.prefix.is_empty(),
+            None => false,
+        }
+    }
+
+    fn allows(&self, method: &Method) -> bool {
+        self.methods.as_ref().is_none_or(|m| m.contains(method))
+    }
+}
+
+impl Router {
+    pub(crate) fn new(config: &Config) -> Self {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        let mut default = None;
+        let mut sites = Vec::with_capacity(config.sites.len());
+        for (i, site) in config.sites.iter().enumerate() {
+            for h in &site.hosts {
+                match h {
+                    HostPattern::Exact(name) => exact.insert(name.as_str().into(), i),
+                    HostPattern::Wildcard(suffix) => wildcard.insert(suffix.as_str().into(), i),
+                };
+            }
+            if site.default {
+                default = Some(i);
+            }
+            let mut routes: Vec<CompiledRoute> = site
+                .routes
+                .iter()
+                .map(|r| CompiledRoute {
+                    prefix: r.path.trim_end_matches('/').into(),
+                    methods: r.methods.clone(),
+                    name: r.name.as_str().into(),
+                    respond_body: match &r.action {
+                        Action::Respond(resp) => Bytes::from(resp.body.clone()),
+                        _ => Bytes::new(),
+                    },
+                    action: r.action.clone(),
+                })
+                .collect();
+            // Stable sort: among equal prefixes, file order decides (method-specific
+            // routes written first win over catch-alls).
+            routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+            sites.push(SiteRoutes { routes });
+        }
+        Self {
+            exact,
+            wildcard,
+            default,
+            sites,
+        }
+    }
+
+    /// Finds the site for a normalised (lower-case, port-less) host.
+    fn site(&self, host: Option<&str>) -> Option<usize> {
+        if let Some(host) = host {
+            if let Some(&i) = self.exact.get(host) {
+                return Some(i);
+            }
+            if let Some(dot) = host.find('.') {
+                if let Some(&i) = self.wildcard.get(&host[dot..]) {
+                    return Some(i);
+                }
+            }
+        }
+        self.default
+    }
+
+    /// Matches a request.
+    pub(crate) fn route(&self, host: Option<&str>, path: &str, method: &Method) -> Match<'_> {
+        let Some(site) = self.site(host).and_then(|i| self.sites.get(i)) else {
+            return Match::UnknownHost;
+        };
+        let mut allowed: Option<Vec<Method>> = None;
+        for route in &site.routes {
+            if !route.matches_path(path) {
+                continue;
+            }
+            if route.allows(method) {
+                return Match::Route(route);
+            }
+            if let Some(methods) = &route.methods {
+                let list = allowed.get_or_insert_with(Vec::new);
+                for m in methods {
+                    if !list.contains(m) {
+                        list.push(m.clone());
+                    }
+                }
+            }
+        }
+        match allowed {
+            Some(methods) => Match::MethodNotAllowed(methods),
+            None => Match::NoRoute,
+        }
+    }
+}
+
+/// Extracts the host used for site matching: lower-cased, without port or
+/// trailing dot. Returns `Err` for a syntactically invalid host.
+pub(crate) fn normalize_host(raw: &[u8]) -> Result<std::borrow::Cow<'_, str>, ()> {
+    let s = std::str::from_utf8(raw).map_err(|_| ())?;
+    let host = if s.starts_with('[') {
+        let end = s.find(']').ok_or(())?;
+        let after = &s[end + 1..];
+        if !(after.is_empty() || (after.starts_with(':') && after[1..].bytes().all(|b| b.is_ascii_digit()))) {
+            return Err(());
+        }
+        &s[..=end]
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            Some(_) => return Err(()),
+            None => s,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':'))
+    {
+        return Err(());
+    }
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Ok(std::borrow::Cow::Owned(host.to_ascii_lowercase()))
+    } else {
+        Ok(std::borrow::Cow::Borrowed(host))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(toml: &str) -> Router {
+        let cfg = gatehouse_config::parse_with_env(toml, std::path::Path::new("t.toml"), &|_| None).unwrap();
+        Router::new(&cfg)
+    }
+
+    fn name<'a>(m: Match<'a>) -> &'a str {
+        match m {
+            Match::Route(r) => &r.name,
+            other => panic!("no route: {other:?}"),
+        }
+    }
+
+    const CFG: &str = r#"
+[[site]]
+hosts = ["app.example.com"]
+  [[site.route]]
+  path = "/"
+  name = "root"
+  respond = {}
+  [[site.route]]
+  path = "/api"
+  name = "api"
+  respond = {}
+  [[site.route]]
+  path = "/api/admin/"
+  name = "admin"
+  methods = ["POST"]
+  respond = {}
+[[site]]
+hosts = ["*.example.com"]
+  [[site.route]]
+  path = "/"
+  name = "wild"
+  respond = {}
+[[site]]
+default = true
+  [[site.route]]
+  path = "/only"
+  name = "default-only"
+  respond = {}
+"#;
+
+    #[test]
+    fn longest_prefix_wins_on_segment_boundaries() {
+        let r = router(CFG);
+        let h = Some("app.example.com");
+        assert_eq!(name(r.route(h, "/", &Method::GET)), "root");
+        assert_eq!(name(r.route(h, "/api", &Method::GET)), "api");
+        assert_eq!(name(r.route(h, "/api/", &Method::GET)), "api");
+        assert_eq!(name(r.route(h, "/api/x", &Method::GET)), "api");
+        assert_eq!(name(r.route(h, "/apix", &Method::GET)), "root");
+        assert_eq!(name(r.route(h, "/api/admin/users", &Method::POST)), "admin");
+        assert_eq!(name(r.route(h, "/api/admin", &Method::POST)), "admin");
+    }
+
+    #[test]
+    fn method_mismatch_falls_back_to_shorter_prefix() {
+        let r = router(CFG);
+        assert_eq!(
+            name(r.route(Some("app.example.com"), "/api/admin/users", &Method::GET)),
+            "api"
+        );
+    }
+
+    #[test]
+    fn method_not_allowed_lists_methods() {
+        let r = router(
+            "[[site]]\nhosts=[\"a.com\"]\n[[site.route]]\npath=\"/x\"\nmethods=[\"GET\",\"HEAD\"]\nrespond={}\n",
+        );
+        match r.route(Some("a.com"), "/x/y", &Method::DELETE) {
+            Match::MethodNotAllowed(m) => assert_eq!(m, vec![Method::GET, Method::HEAD]),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(r.route(Some("a.com"), "/y", &Method::GET), Match::NoRoute));
+    }
+
+    #[test]
+    fn wildcards_match_exactly_one_label() {
+        let r = router(CFG);
+        assert_eq!(name(r.route(Some("shop.example.com"), "/", &Method::GET)), "wild");
+        // Two labels: not the wildcard, so the default site (which has no `/`).
+        assert!(matches!(
+            r.route(Some("a.b.example.com"), "/", &Method::GET),
+            Match::NoRoute
+        ));
+        assert_eq!(
+            name(r.route(Some("a.b.example.com"), "/only", &Method::GET)),
+            "default-only"
+        );
+        assert_eq!(
+            name(r.route(Some("example.com"), "/only", &Method::GET)),
+            "default-only"
+        );
+    }
+
+    #[test]
+    fn unknown_host_without_default_site() {
+        let r = router("[[site]]\nhosts=[\"a.com\"]\n[[site.route]]\npath=\"/\"\nrespond={}\n");
+        assert!(matches!(r.route(Some("b.com"), "/", &Method::GET), Match::UnknownHost));
+        assert!(matches!(r.route(None, "/", &Method::GET), Match::UnknownHost));
+    }
+
+    #[test]
+    fn hosts_are_normalised() {
+        assert_eq!(normalize_host(b"App.Example.com:8080").unwrap(), "app.example.com");
+        assert_eq!(normalize_host(b"example.com.").unwrap(), "example.com");
+        assert_eq!(normalize_host(b"[::1]:443").unwrap(), "[::1]");
+        assert_eq!(normalize_host(b"127.0.0.1").unwrap(), "127.0.0.1");
+        assert!(normalize_host(b"a.com:80x").is_err());
+        assert!(normalize_host(b"a b.com").is_err());
+        assert!(normalize_host(b"").is_err());
+        assert!(normalize_host(b"[::1]x").is_err());
+        assert!(normalize_host(b"a.com/evil").is_err());
+    }
+}

@@ -1,0 +1,271 @@
+//! Listeners and worker threads.
+//!
+//! Each worker is a thread with its own single-threaded tokio runtime, its own
+//! accept loop and its own upstream connection pools (thread-per-core, as nginx
+//! runs one process per core). Every worker has its own listening socket per
+//! address, bound with `SO_REUSEPORT`, so the kernel spreads new connections
+//! across workers and no lock is shared on the request path.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use gatehouse_config::Config;
+use gatehouse_observe::AccessLogSender;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::EdgeError;
+use crate::forwarding::PeerInfo;
+use crate::handler::{ConnCtx, Shared, Worker};
+
+/// Pending connections the kernel queues per socket; matches common
+/// `net.core.somaxconn` defaults so bursts of new clients are not refused.
+const LISTEN_BACKLOG: i32 = 4096;
+/// Time allowed for a client to send a complete request head. Stops idle
+/// connections that never send a request from holding resources.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Concurrent HTTP/2 streams per connection: enough for a browser's page load,
+/// bounded so one connection cannot monopolise a worker.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Pause after an `accept` error such as running out of file descriptors, so the
+/// loop does not spin while the condition lasts.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A server whose sockets are bound but which is not yet serving.
+pub struct BoundServer {
+    config: Arc<Config>,
+    access_log: Option<AccessLogSender>,
+    /// `sockets[worker]` holds that worker's socket for every address.
+    sockets: Vec<Vec<std::net::TcpListener>>,
+    local_addrs: Vec<SocketAddr>,
+}
+
+/// A running server; dropping it does not stop it — call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    shutdown: watch::Sender<bool>,
+    threads: Vec<JoinHandle<()>>,
+    local_addrs: Vec<SocketAddr>,
+}
+
+/// Binds every listener of `config`, so that errors such as "address in use"
+/// are reported before anything starts serving.
+pub fn bind(config: Arc<Config>, access_log: Option<AccessLogSender>) -> Result<BoundServer, EdgeError> {
+    let workers = config.server.workers.get();
+    let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut local_addrs = Vec::with_capacity(config.server.http.len());
+    for &addr in &config.server.http {
+        let bind_err = |source| EdgeError::Bind { addr, source };
+        // Probe without SO_REUSEPORT first: it fails if anything else holds the
+        // port, even another process that set SO_REUSEPORT itself, so two servers
+        // never silently share a port. It also resolves port 0.
+        let actual = {
+            let probe = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+            probe.local_addr().map_err(bind_err)?
+        };
+        for worker in &mut sockets {
+            worker.push(reuseport_listener(actual).map_err(|source| EdgeError::Bind { addr: actual, source })?);
+        }
+        local_addrs.push(actual);
+    }
+    Ok(BoundServer {
+        config,
+        access_log,
+        sockets,
+        local_addrs,
+    })
+}
+
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+impl BoundServer {
+    /// The bound addresses (with real ports when the config said port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Starts the worker threads.
+    pub fn start(self) -> Result<RunningServer, EdgeError> {
+        let shared = Arc::new(Shared::new(self.config.clone(), self.access_log));
+        let (tx, rx) = watch::channel(false);
+        let deadline = self.config.server.shutdown_timeout;
+        let mut threads = Vec::with_capacity(self.sockets.len());
+        for (i, sockets) in self.sockets.into_iter().enumerate() {
+            let shared = shared.clone();
+            let rx = rx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("gatehouse-worker-{i}"))
+                .spawn(move || run_worker(i, shared, sockets, rx, deadline))
+                .map_err(EdgeError::Thread)?;
+            threads.push(thread);
+        }
+        tracing::info!(addrs = ?self.local_addrs, workers = threads.len(), "Listening.");
+        Ok(RunningServer {
+            shutdown: tx,
+            threads,
+            local_addrs: self.local_addrs,
+        })
+    }
+}
+
+impl RunningServer {
+    /// The bound addresses.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// Starts a graceful shutdown: listeners close at once, idle connections are
+    /// closed, in-flight requests get up to `shutdown_timeout` to finish.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until every worker has stopped. Blocks the calling thread.
+    pub fn join(self) {
+        for t in self.threads {
+            if t.join().is_err() {
+                tracing::error!("A worker thread panicked.");
+            }
+        }
+    }
+
+    /// Waits until every worker has stopped, without blocking an async runtime.
+    pub async fn wait(self) {
+        let _ = tokio::task::spawn_blocking(move || self.join()).await;
+    }
+}
+
+fn run_worker(
+    id: usize,
+    shared: Arc<Shared>,
+    sockets: Vec<std::net::TcpListener>,
+    shutdown: watch::Receiver<bool>,
+    deadline: Duration,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = id, error = %e, "Cannot start worker runtime.");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let worker = Arc::new(Worker::new(shared.clone()));
+        let graceful = Arc::new(GracefulShutdown::new());
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
+        let builder = Arc::new(builder);
+
+        let mut accept_tasks = Vec::with_capacity(sockets.len());
+        for socket in sockets {
+            let listener = match TcpListener::from_std(socket) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(worker = id, error = %e, "Cannot register listener.");
+                    continue;
+                }
+            };
+            accept_tasks.push(tokio::spawn(accept_loop(
+                listener,
+                worker.clone(),
+                builder.clone(),
+                graceful.clone(),
+                shared.clone(),
+                shutdown.clone(),
+            )));
+        }
+        for t in accept_tasks {
+            let _ = t.await;
+        }
+        // Listeners are closed now. Ask connections to finish and wait for them.
+        let Ok(graceful) = Arc::try_unwrap(graceful) else {
+            tracing::error!(
+                worker = id,
+                "Shutdown tracker still shared; not waiting for connections."
+            );
+            return;
+        };
+        let open = graceful.count();
+        if open > 0 {
+            tracing::info!(worker = id, connections = open, ?deadline, "Draining connections.");
+        }
+        if tokio::time::timeout(deadline, graceful.shutdown()).await.is_err() {
+            tracing::warn!(
+                worker = id,
+                ?deadline,
+                "Shutdown deadline passed; closing remaining connections."
+            );
+        }
+    });
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    worker: Arc<Worker>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: Arc<GracefulShutdown>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "Accept failed.");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Arc::new(ConnCtx {
+            peer: PeerInfo::new(peer.ip(), &shared.config.server.trusted_proxies),
+            proto: "http",
+        });
+        let worker = worker.clone();
+        let service = service_fn(move |req| {
+            let worker = worker.clone();
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(worker.handle(&conn, req).await) }
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let watched = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = watched.await {
+                tracing::debug!(%peer, error = %e, "Client connection ended with an error.");
+            }
+        });
+    }
+}

@@ -1,0 +1,81 @@
+//! `gatehouse check`: validate and summarise a config.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use gatehouse_config::{Action, Config, HostPattern};
+
+pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
+    let config = gatehouse_config::load(path)?;
+    print!("{}", summary(&config));
+    println!("{}: ok", path.display());
+    Ok(())
+}
+
+/// A human-readable overview of what the config will serve.
+pub(crate) fn summary(c: &Config) -> String {
+    let mut out = String::new();
+    let listen: Vec<String> = c.server.http.iter().map(ToString::to_string).collect();
+    let _ = writeln!(out, "listen http: {}", listen.join(", "));
+    let _ = writeln!(
+        out,
+        "workers: {}, data_dir: {}",
+        c.server.workers,
+        c.server.data_dir.display()
+    );
+    for site in &c.sites {
+        let mut hosts: Vec<String> = site
+            .hosts
+            .iter()
+            .map(|h| match h {
+                HostPattern::Exact(s) => s.clone(),
+                HostPattern::Wildcard(s) => format!("*{s}"),
+            })
+            .collect();
+        if site.default {
+            hosts.push("(default)".into());
+        }
+        let _ = writeln!(out, "site {}", hosts.join(" "));
+        for r in &site.routes {
+            let methods = r
+                .methods
+                .as_ref()
+                .map(|m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","))
+                .unwrap_or_else(|| "*".into());
+            let action = match &r.action {
+                Action::Proxy(p) => {
+                    let up = &c.upstreams[p.upstream];
+                    let mut s = format!("proxy → upstream {}", up.name);
+                    if let Some(rw) = &p.rewrite {
+                        let _ = write!(s, " (prefix → {rw})");
+                    }
+                    if p.preserve_host {
+                        s.push_str(" (host preserved)");
+                    }
+                    s
+                }
+                Action::Redirect(rd) => format!(
+                    "redirect {} → {}{}",
+                    rd.status.as_u16(),
+                    rd.to,
+                    if rd.keep_path { " (+path)" } else { "" }
+                ),
+                Action::Respond(rs) => format!("respond {}", rs.status.as_u16()),
+                _ => "other".into(),
+            };
+            let _ = writeln!(out, "  route {:<24} {:<12} {action}", r.path, methods);
+        }
+    }
+    for up in &c.upstreams {
+        let targets: Vec<&str> = up.targets.iter().map(|t| t.authority.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "upstream {}: {} (round_robin; connect {:?}, response {:?})",
+            up.name,
+            targets.join(", "),
+            up.connect_timeout,
+            up.response_timeout
+        );
+    }
+    out
+}

@@ -1,0 +1,27 @@
+//! The `gatehouse` binary: parses the command line, sets up logging and wires the
+//! library crates together. Behaviour lives in the crates; see ARCHITECTURE.md.
+
+mod check;
+mod cli;
+mod init;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        cli::Command::Serve(args) => serve::run(&args.config),
+        cli::Command::Check(args) => check::run(&args.config),
+        cli::Command::Init(args) => init::run(&args.path, args.force),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

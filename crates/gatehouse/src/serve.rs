@@ -1,0 +1,69 @@
+//! `gatehouse serve`: run until SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use gatehouse_observe::AccessLog;
+
+pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
+    let config = Arc::new(gatehouse_config::load(path)?);
+    gatehouse_observe::init_tracing(&config.log.level, config.log.format)?;
+    let access_log = AccessLog::start(&config.log.access_log, config.log.access_log_format)?;
+    let bound = gatehouse_edge::bind(config.clone(), access_log.as_ref().and_then(AccessLog::sender))?;
+    for addr in bound.local_addrs() {
+        println!(
+            "gatehouse {} is serving on {}",
+            env!("CARGO_PKG_VERSION"),
+            open_url(*addr)
+        );
+    }
+    let server = bound.start()?;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the control runtime")?;
+    runtime.block_on(async {
+        let signal = wait_for_signal().await?;
+        tracing::info!(%signal, deadline = ?config.server.shutdown_timeout, "Shutting down gracefully.");
+        server.shutdown();
+        let forced = tokio::select! {
+            () = server.wait() => false,
+            _ = wait_for_signal() => true,
+        };
+        if forced {
+            tracing::warn!("Second signal: exiting without waiting for connections.");
+            std::process::exit(130);
+        }
+        anyhow::Ok(())
+    })?;
+    if let Some(log) = access_log {
+        log.finish();
+    }
+    tracing::info!("Stopped.");
+    Ok(())
+}
+
+/// A URL a person can open for a listen address.
+fn open_url(addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() {
+        "localhost".to_owned()
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    format!("http://{host}:{}/", addr.port())
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}

@@ -1,0 +1,362 @@
+//! The access log: one line per request, written by a background thread.
+
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter, Write};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use gatehouse_config::{AccessLogTarget, LogFormat};
+use http::uri::Authority;
+use http::{HeaderValue, Method, Uri, Version};
+
+use crate::ObserveError;
+
+/// Records that may wait for the writer. At ~200 bytes each this is ~1.6 MB of
+/// memory at most, and absorbs a burst of 8k requests while the disk stalls.
+const QUEUE_CAPACITY: usize = 8192;
+/// Lines are flushed at least this often when traffic trickles in, so `tail -f`
+/// stays current.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// Write buffer size: large writes keep the syscall count low under load.
+const BUFFER_SIZE: usize = 64 * 1024;
+
+/// Everything the access log says about one request.
+///
+/// Fields are cheap to fill on the request path: header values and URIs are
+/// reference-counted, so building a record does not copy strings.
+#[derive(Debug, Clone)]
+pub struct AccessRecord {
+    /// When the request head was received.
+    pub time: SystemTime,
+    /// The request id sent upstream and returned to the client.
+    pub request_id: HeaderValue,
+    /// The client's address (after trusted-proxy processing).
+    pub client_ip: IpAddr,
+    /// Request method.
+    pub method: Method,
+    /// Host the request was for, as sent by the client.
+    pub host: Option<HeaderValue>,
+    /// Request target (path and query as received).
+    pub uri: Uri,
+    /// HTTP version of the client connection.
+    pub version: Version,
+    /// Response status sent to the client.
+    pub status: u16,
+    /// Request body bytes received from the client.
+    pub bytes_in: u64,
+    /// Response body bytes sent to the client.
+    pub bytes_out: u64,
+    /// Time from request head to the end of the response body.
+    pub duration: Duration,
+    /// Name of the route that handled the request.
+    pub route: Option<Arc<str>>,
+    /// The upstream target, when the request was proxied.
+    pub upstream: Option<Authority>,
+    /// Time until the upstream's response headers arrived.
+    pub upstream_duration: Option<Duration>,
+}
+
+/// Handle to the access-log writer thread.
+pub struct AccessLog {
+    sender: Option<AccessLogSender>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// A cheap, cloneable handle for workers to submit records.
+#[derive(Clone)]
+pub struct AccessLogSender {
+    tx: SyncSender<AccessRecord>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLogSender {
+    /// Queues a record without blocking. If the queue is full the record is
+    /// dropped and counted.
+    pub fn send(&self, record: AccessRecord) {
+        match self.tx.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl AccessLog {
+    /// Starts the writer for `target`; returns `None` when access logging is off.
+    pub fn start(target: &AccessLogTarget, format: LogFormat) -> Result<Option<Self>, ObserveError> {
+        let out: Box<dyn Write + Send> = match target {
+            AccessLogTarget::Off => return Ok(None),
+            AccessLogTarget::Stdout => Box::new(io::stdout()),
+            AccessLogTarget::File(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|source| ObserveError::AccessLogFile {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                }
+                let file = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|source| ObserveError::AccessLogFile {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+                Box::new(file)
+            }
+        };
+        Ok(Some(Self::with_writer(out, format)?))
+    }
+
+    /// Starts a writer thread that writes formatted lines to `out`.
+    pub fn with_writer(out: Box<dyn Write + Send>, format: LogFormat) -> Result<Self, ObserveError> {
+        let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name("gatehouse-access-log".into())
+            .spawn(move || write_loop(rx, BufWriter::with_capacity(BUFFER_SIZE, out), format))
+            .map_err(ObserveError::Thread)?;
+        Ok(Self {
+            sender: Some(AccessLogSender {
+                tx,
+                dropped: Arc::new(AtomicU64::new(0)),
+            }),
+            thread: Some(thread),
+        })
+    }
+
+    /// A handle for submitting records.
+    pub fn sender(&self) -> Option<AccessLogSender> {
+        self.sender.clone()
+    }
+
+    /// Records dropped because the writer could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.sender.as_ref().map_or(0, |s| s.dropped.load(Ordering::Relaxed))
+    }
+
+    /// Stops accepting records, writes everything queued, and flushes. Records
+    /// still held by other senders' clones are written once those are dropped.
+    pub fn finish(mut self) {
+        self.sender = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn write_loop(rx: Receiver<AccessRecord>, mut out: BufWriter<Box<dyn Write + Send>>, format: LogFormat) {
+    let mut failed = false;
+    loop {
+        let record = match rx.recv_timeout(FLUSH_INTERVAL) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => {
+                flush(&mut out, &mut failed);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        write_record(&mut out, &record, format, &mut failed);
+        // Drain what is already queued before paying for a flush.
+        while let Ok(r) = rx.try_recv() {
+            write_record(&mut out, &r, format, &mut failed);
+        }
+        flush(&mut out, &mut failed);
+    }
+    flush(&mut out, &mut failed);
+}
+
+fn flush(out: &mut impl Write, failed: &mut bool) {
+    if let Err(e) = out.flush() {
+        report(e, failed);
+    }
+}
+
+fn write_record(out: &mut impl Write, r: &AccessRecord, format: LogFormat, failed: &mut bool) {
+    let res = match format {
+        LogFormat::Text => write_text(out, r),
+        LogFormat::Json => write_json(out, r),
+    };
+    match res {
+        Ok(()) => *failed = false,
+        Err(e) => report(e, failed),
+    }
+}
+
+/// Logs a write failure once per failure streak, not once per line.
+fn report(e: io::Error, failed: &mut bool) {
+    if !*failed {
+        tracing::error!(error = %e, "Access log write failed; lines are being lost.");
+    }
+    *failed = true;
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
+    }
+}
+
+/// Writes `bytes` with anything that could break the line format escaped.
+fn write_escaped(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            out.write_all(&bytes[start..i])?;
+            write!(out, "\\x{b:02x}")?;
+            start = i + 1;
+        }
+    }
+    out.write_all(&bytes[start..])
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn write_text(out: &mut impl Write, r: &AccessRecord) -> io::Result<()> {
+    write!(
+        out,
+        "{} {} {} \"{} ",
+        humantime::format_rfc3339_millis(r.time),
+        r.client_ip,
+        r.request_id.to_str().unwrap_or("-"),
+        r.method
+    )?;
+    match &r.host {
+        Some(h) => write_escaped(out, h.as_bytes())?,
+        None => out.write_all(b"-")?,
+    }
+    out.write_all(b" ")?;
+    let target = r.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    write_escaped(out, target.as_bytes())?;
+    write!(
+        out,
+        " {}\" {} in={} out={} dur_ms={:.3} route=",
+        version_str(r.version),
+        r.status,
+        r.bytes_in,
+        r.bytes_out,
+        ms(r.duration)
+    )?;
+    match &r.route {
+        Some(route) => write_escaped(out, route.as_bytes())?,
+        None => out.write_all(b"-")?,
+    }
+    match (&r.upstream, r.upstream_duration) {
+        (Some(u), Some(d)) => writeln!(out, " upstream={u} upstream_ms={:.3}", ms(d)),
+        (Some(u), None) => writeln!(out, " upstream={u} upstream_ms=-"),
+        _ => writeln!(out, " upstream=- upstream_ms=-"),
+    }
+}
+
+fn write_json(out: &mut impl Write, r: &AccessRecord) -> io::Result<()> {
+    let host = r
+        .host
+        .as_ref()
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
+    let value = serde_json::json!({
+        "time": humantime::format_rfc3339_millis(r.time).to_string(),
+        "request_id": r.request_id.to_str().unwrap_or(""),
+        "client_ip": r.client_ip.to_string(),
+        "method": r.method.as_str(),
+        "host": host,
+        "path": r.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+        "version": version_str(r.version),
+        "status": r.status,
+        "bytes_in": r.bytes_in,
+        "bytes_out": r.bytes_out,
+        "duration_ms": ms(r.duration),
+        "route": r.route.as_deref(),
+        "upstream": r.upstream.as_ref().map(Authority::as_str),
+        "upstream_ms": r.upstream_duration.map(ms),
+    });
+    serde_json::to_writer(&mut *out, &value)?;
+    out.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn record() -> AccessRecord {
+        AccessRecord {
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            request_id: HeaderValue::from_static("abc123"),
+            client_ip: "203.0.113.9".parse().unwrap(),
+            method: Method::POST,
+            host: Some(HeaderValue::from_static("app.example.com")),
+            uri: "/api/items?q=\"x\""
+                .parse()
+                .unwrap_or_else(|_| "/api/items?q=x".parse().unwrap()),
+            version: Version::HTTP_11,
+            status: 201,
+            bytes_in: 42,
+            bytes_out: 7,
+            duration: Duration::from_micros(1500),
+            route: Some(Arc::from("app.example.com/api/")),
+            upstream: Some("127.0.0.1:8000".parse().unwrap()),
+            upstream_duration: Some(Duration::from_micros(1200)),
+        }
+    }
+
+    #[test]
+    fn text_lines_carry_every_field() {
+        let buf = Shared::default();
+        let log = AccessLog::with_writer(Box::new(buf.clone()), LogFormat::Text).unwrap();
+        log.sender().unwrap().send(record());
+        log.finish();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.starts_with("2023-11-14T22:13:20.123Z 203.0.113.9 abc123 \"POST app.example.com /api/items?q="),
+            "{text}"
+        );
+        assert!(text.contains(" HTTP/1.1\" 201 in=42 out=7 dur_ms=1.500 route=app.example.com/api/ upstream=127.0.0.1:8000 upstream_ms=1.200\n"), "{text}");
+    }
+
+    #[test]
+    fn json_lines_parse() {
+        let buf = Shared::default();
+        let log = AccessLog::with_writer(Box::new(buf.clone()), LogFormat::Json).unwrap();
+        let sender = log.sender().unwrap();
+        sender.send(record());
+        sender.send(record());
+        drop(sender);
+        log.finish();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["status"], 201);
+        assert_eq!(lines[0]["upstream"], "127.0.0.1:8000");
+        assert_eq!(lines[0]["request_id"], "abc123");
+    }
+
+    #[test]
+    fn hostile_bytes_are_escaped() {
+        let mut out = Vec::new();
+        write_escaped(&mut out, b"a\"b\nc\\\x7f").unwrap();
+        assert_eq!(out, b"a\\x22b\\x0ac\\x5c\\x7f");
+    }
+}
