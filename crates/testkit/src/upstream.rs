@@ -1,0 +1,279 @@
+//! Scripted upstream servers.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// What an upstream does with each request.
+#[derive(Clone, Debug)]
+pub enum Behavior {
+    /// 200, streaming the request body back. Response header `x-upstream` carries
+    /// the upstream's port.
+    Echo,
+    /// A fixed status and body.
+    Status(u16, &'static str),
+    /// Waits, then answers 200 `slow`.
+    Delay(Duration),
+    /// Announces a 100-byte body, sends 10 bytes, and closes the connection.
+    CloseMidBody,
+    /// Reads the request, then resets the connection without answering.
+    Reset,
+    /// Reads the whole body and answers with its length in bytes as text.
+    Sink,
+    /// Answers 200 with a streamed body of this many bytes.
+    Generate(u64),
+    /// Completes a WebSocket handshake and echoes every message.
+    WebSocketEcho,
+}
+
+/// A request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Method.
+    pub method: Method,
+    /// Request target (origin-form).
+    pub uri: Uri,
+    /// Protocol version on the upstream connection.
+    pub version: Version,
+    /// Headers as received.
+    pub headers: HeaderMap,
+}
+
+impl Recorded {
+    /// A header as text, or "" when absent.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+}
+
+/// A running upstream; stops when dropped.
+pub struct Upstream {
+    /// Its address.
+    pub addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    connections: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    /// Starts an upstream on `127.0.0.1:0`.
+    pub async fn start(behavior: Behavior) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(serve(listener, behavior, requests.clone(), connections.clone()));
+        Self {
+            addr,
+            requests,
+            connections,
+            task,
+        }
+    }
+
+    /// Shorthand for [`Behavior::Echo`].
+    pub async fn echo() -> Self {
+        Self::start(Behavior::Echo).await
+    }
+
+    /// Requests received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// The last request received; panics if none.
+    pub fn last(&self) -> Recorded {
+        self.requests().pop().expect("the upstream received no request")
+    }
+}
+
+/// An address on which nothing listens (connections are refused).
+pub fn refused_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+async fn serve(
+    listener: TcpListener,
+    behavior: Behavior,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    connections: Arc<AtomicUsize>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        connections.fetch_add(1, Ordering::SeqCst);
+        let behavior = behavior.clone();
+        let requests = requests.clone();
+        let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        tokio::spawn(async move {
+            match behavior {
+                Behavior::CloseMidBody => close_mid_body(stream).await,
+                Behavior::Reset => reset(stream).await,
+                Behavior::WebSocketEcho => websocket_echo(stream, requests).await,
+                behavior => {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let behavior = behavior.clone();
+                        let requests = requests.clone();
+                        async move { Ok::<_, Infallible>(respond(behavior, req, requests, port).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                }
+            }
+        });
+    }
+}
+
+fn record(req: &Request<Incoming>, requests: &Mutex<Vec<Recorded>>) {
+    requests.lock().unwrap().push(Recorded {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        version: req.version(),
+        headers: req.headers().clone(),
+    });
+}
+
+fn full(status: u16, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).map_err(|e| match e {}).boxed());
+    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    r
+}
+
+async fn respond(
+    behavior: Behavior,
+    req: Request<Incoming>,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    port: u16,
+) -> Response<Body> {
+    record(&req, &requests);
+    let mut resp = match behavior {
+        Behavior::Echo => {
+            let mut r = Response::new(req.into_body().boxed());
+            r.headers_mut().insert("x-echo", "1".parse().unwrap());
+            r
+        }
+        Behavior::Status(code, body) => full(code, body),
+        Behavior::Delay(d) => {
+            tokio::time::sleep(d).await;
+            full(200, "slow")
+        }
+        Behavior::Sink => {
+            let mut body = req.into_body();
+            let mut n: u64 = 0;
+            while let Some(frame) = body.frame().await {
+                match frame {
+                    Ok(f) => n += f.data_ref().map_or(0, |d| d.len() as u64),
+                    Err(_) => return full(400, "body error"),
+                }
+            }
+            full(200, n.to_string())
+        }
+        Behavior::Generate(total) => {
+            const CHUNK: usize = 64 * 1024;
+            let chunk = Bytes::from(vec![b'x'; CHUNK]);
+            let stream = futures_util::stream::unfold(total, move |left| {
+                let chunk = chunk.clone();
+                async move {
+                    if left == 0 {
+                        return None;
+                    }
+                    let n = left.min(CHUNK as u64);
+                    Some((Ok::<_, hyper::Error>(Frame::data(chunk.slice(..n as usize))), left - n))
+                }
+            });
+            let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+            r.headers_mut()
+                .insert("content-length", total.to_string().parse().unwrap());
+            r
+        }
+        Behavior::CloseMidBody | Behavior::Reset | Behavior::WebSocketEcho => full(500, "unreachable"),
+    };
+    resp.headers_mut()
+        .insert("x-upstream", port.to_string().parse().unwrap());
+    resp
+}
+
+async fn read_head(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    buf
+}
+
+async fn close_mid_body(mut stream: tokio::net::TcpStream) {
+    read_head(&mut stream).await;
+    let _ = stream
+        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+        .await;
+    let _ = stream.flush().await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+async fn reset(mut stream: tokio::net::TcpStream) {
+    read_head(&mut stream).await;
+    // Linger 0 turns the close into a TCP reset.
+    let std = stream.into_std().unwrap();
+    let socket = socket2::Socket::from(std);
+    let _ = socket.set_linger(Some(Duration::ZERO));
+    drop(socket);
+}
+
+#[allow(clippy::result_large_err)] // the callback signature is tungstenite's
+async fn websocket_echo(stream: tokio::net::TcpStream, requests: Arc<Mutex<Vec<Recorded>>>) {
+    let callback = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                    resp: tokio_tungstenite::tungstenite::handshake::server::Response| {
+        requests.lock().unwrap().push(Recorded {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        });
+        Ok(resp)
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+        return;
+    };
+    while let Some(Ok(msg)) = ws.next().await {
+        if msg.is_close() {
+            break;
+        }
+        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+            break;
+        }
+    }
+}
