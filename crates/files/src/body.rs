@@ -1,0 +1,211 @@
+//! [`FileBody`]: the response body of a static route.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::task::JoinHandle;
+
+/// Bytes read from disk per blocking call. 64 KiB matches the kernel's default
+/// readahead and hyper's write buffer, so one chunk is one socket write.
+pub const READ_CHUNK: u64 = 64 * 1024;
+
+/// Later chunks of a large file are read 256 KiB at a time: fewer hops to the
+/// blocking pool once the transfer is clearly a bulk one.
+const READ_CHUNK_BULK: u64 = 256 * 1024;
+
+/// A streaming response body: empty, one in-memory buffer, or a sequence of
+/// in-memory parts and file ranges read in chunks on tokio's blocking pool
+/// (used for large files and `multipart/byteranges`). Large files are never
+/// buffered whole. Zero-copy `sendfile` is not possible through hyper's body
+/// API, so files are copied through user space in [`READ_CHUNK`]s.
+///
+/// The file handle is opened before the response is built, so a download keeps
+/// reading the same file even if a release switch or prune happens meanwhile.
+/// If the file shrinks under us the body ends with an error (the connection is
+/// then closed, as Content-Length can no longer be honoured).
+#[derive(Debug)]
+pub struct FileBody {
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Empty,
+    Full(Option<Bytes>),
+    Stream(Box<Stream>),
+}
+
+#[derive(Debug)]
+pub(crate) enum Part {
+    Bytes(Bytes),
+    File { offset: u64, len: u64 },
+}
+
+type ReadResult = (File, u64, io::Result<Bytes>);
+
+#[derive(Debug)]
+struct Stream {
+    parts: VecDeque<Part>,
+    file: Option<File>,
+    /// Where the file's cursor is, to skip needless seeks.
+    pos: u64,
+    remaining: u64,
+    reads: u32,
+    reading: Option<JoinHandle<ReadResult>>,
+}
+
+impl FileBody {
+    /// A body with no bytes (HEAD, 304, redirects).
+    pub fn empty() -> Self {
+        FileBody { kind: Kind::Empty }
+    }
+
+    /// A body of one in-memory buffer.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            return Self::empty();
+        }
+        FileBody {
+            kind: Kind::Full(Some(bytes)),
+        }
+    }
+
+    /// A body of parts; `file` must be given when a part is a file range.
+    pub(crate) fn parts(parts: Vec<Part>, file: Option<File>) -> Self {
+        let remaining = parts
+            .iter()
+            .map(|p| match p {
+                Part::Bytes(b) => b.len() as u64,
+                Part::File { len, .. } => *len,
+            })
+            .sum();
+        FileBody {
+            kind: Kind::Stream(Box::new(Stream {
+                parts: parts.into(),
+                file,
+                pos: u64::MAX,
+                remaining,
+                reads: 0,
+                reading: None,
+            })),
+        }
+    }
+}
+
+impl Default for FileBody {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl From<Bytes> for FileBody {
+    fn from(b: Bytes) -> Self {
+        Self::full(b)
+    }
+}
+
+impl Body for FileBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match &mut self.get_mut().kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Stream(s) => s.poll_next(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Full(b) => b.is_none(),
+            Kind::Stream(s) => s.remaining == 0 && s.reading.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Stream(s) => SizeHint::with_exact(s.remaining),
+        }
+    }
+}
+
+impl Stream {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        loop {
+            if let Some(handle) = &mut self.reading {
+                let joined = ready!(Pin::new(handle).poll(cx));
+                self.reading = None;
+                return Poll::Ready(Some(match joined {
+                    Ok((file, pos, Ok(bytes))) => {
+                        self.file = Some(file);
+                        self.pos = pos;
+                        self.remaining -= bytes.len() as u64;
+                        Ok(Frame::data(bytes))
+                    }
+                    Ok((_, _, Err(e))) => Err(self.fail(e)),
+                    Err(join) => Err(self.fail(io::Error::other(join))),
+                }));
+            }
+            let Some(part) = self.parts.front_mut() else {
+                return Poll::Ready(None);
+            };
+            match part {
+                Part::Bytes(_) => {
+                    let Some(Part::Bytes(b)) = self.parts.pop_front() else {
+                        continue;
+                    };
+                    self.remaining -= b.len() as u64;
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                Part::File { len: 0, .. } => {
+                    self.parts.pop_front();
+                }
+                Part::File { offset, len } => {
+                    let Some(mut file) = self.file.take() else {
+                        return Poll::Ready(Some(
+                            Err(self.fail(io::Error::other("file body without a file handle"))),
+                        ));
+                    };
+                    let chunk = if self.reads == 0 { READ_CHUNK } else { READ_CHUNK_BULK };
+                    let n = (*len).min(chunk);
+                    let at = *offset;
+                    *offset += n;
+                    *len -= n;
+                    self.reads += 1;
+                    let pos = self.pos;
+                    self.reading = Some(tokio::task::spawn_blocking(move || {
+                        let res = read_at(&mut file, pos, at, n);
+                        (file, at + n, res)
+                    }));
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, e: io::Error) -> io::Error {
+        self.parts.clear();
+        self.remaining = 0;
+        self.file = None;
+        e
+    }
+}
+
+fn read_at(file: &mut File, pos: u64, at: u64, n: u64) -> io::Result<Bytes> {
+    if pos != at {
+        file.seek(SeekFrom::Start(at))?;
+    }
+    // n <= READ_CHUNK_BULK, so it fits in usize on every platform.
+    let mut buf = vec![0u8; n as usize];
+    file.read_exact(&mut buf)?;
+    Ok(Bytes::from(buf))
+}
