@@ -126,6 +126,17 @@ impl AcceptEncoding {
         }
     }
 
+    /// The weight used for ranking: like [`q`](Self::q), except that identity
+    /// not named by the client (neither `identity` nor `*`) ranks below every
+    /// coding it did name — `gzip;q=0.5` means "gzip please", not "prefer
+    /// uncompressed".
+    fn rank_q(&self, enc: Encoding) -> u16 {
+        if enc == Encoding::Identity && self.present && self.identity.is_none() && self.star.is_none() {
+            return 0;
+        }
+        self.q(enc)
+    }
+
     /// Order `available` codings best first: by q-value, then server preference.
     /// Codings the client refuses (q=0) are dropped, except identity, which is
     /// always last-resort acceptable (we send it rather than a 406).
@@ -133,7 +144,7 @@ impl AcceptEncoding {
         let mut v: Vec<(u16, usize, Encoding)> = available
             .iter()
             .filter_map(|&e| {
-                let q = self.q(e);
+                let q = self.rank_q(e);
                 let pref = Encoding::PREFERENCE.iter().position(|&p| p == e).unwrap_or(9);
                 (q > 0 || e == Encoding::Identity).then_some((q, pref, e))
             })
@@ -193,6 +204,7 @@ mod tests {
         assert_eq!(ae("*").rank(&ALL)[0], Encoding::Brotli);
         assert_eq!(ae("identity").rank(&ALL), vec![Encoding::Identity]);
         assert_eq!(ae("gzip;q=0.5, identity;q=1").rank(&ALL)[0], Encoding::Identity);
+        assert_eq!(ae("gzip;q=0.5").rank(&ALL), vec![Encoding::Gzip, Encoding::Identity]);
         assert_eq!(
             ae("x-gzip").rank(&[Encoding::Gzip, Encoding::Identity])[0],
             Encoding::Gzip
