@@ -408,3 +408,52 @@ fn etag_value(hash: u64, enc: Option<Encoding>) -> HeaderValue {
     };
     HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(memory_total: u64, max_paths: usize) -> LookupSettings {
+        LookupSettings {
+            check_containment: true,
+            precompressed: false,
+            memory_file_max: 1 << 20,
+            memory_total,
+            max_cached_paths: max_paths,
+            revalidate_after: Duration::from_secs(60),
+            immutable: ImmutableRule::Never,
+            cache_control: HeaderValue::from_static(DEFAULT_CACHE_CONTROL),
+            compress: false,
+            compress_min_size: 0,
+            compress_max_size: 0,
+            compress_types: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn memory_and_path_bounds_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..40 {
+            fs::write(dir.path().join(format!("f{i}")), vec![b'x'; 10_000]).unwrap();
+        }
+        let root = Root::new(fs::canonicalize(dir.path()).unwrap(), false);
+        let s = settings(100_000, 1000);
+        for i in 0..40 {
+            let rel = format!("f{i}");
+            let found = lookup_blocking(&root, &rel, &s, None);
+            assert!(matches!(&found, Lookup::File(e) if e.identity.content.is_some()));
+            root.store(&rel, &found, &s);
+            assert!(root.mem_bytes.load(Ordering::Relaxed) <= 100_000);
+        }
+        // Paths bound, including negative entries.
+        let s = settings(1 << 30, 16);
+        for i in 0..100 {
+            let rel = format!("missing{i}");
+            root.store(&rel, &Lookup::NotFound, &s);
+            root.store(&format!("f{}", i % 40), &Lookup::Dir, &s);
+        }
+        assert!(root.entries.read().unwrap().len() <= 16);
+        assert!(root.missing.lock().unwrap().len() <= 16);
+        assert!(matches!(root.cached("missing99", &s), Ok(Lookup::NotFound)));
+    }
+}

@@ -178,3 +178,70 @@ pub(crate) fn compress(input: &[u8], enc: Encoding) -> io::Result<Vec<u8>> {
         Encoding::Identity => Ok(input.to_vec()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn key() -> Bytes {
+        Bytes::from_static(b"\"etag\"")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn busy_instead_of_queueing_and_cached_after() {
+        let c = Arc::new(Compressor::new(1, 1 << 20));
+        let text = Bytes::from("hello hello hello hello hello hello ".repeat(200));
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let slow = {
+            let (c, text) = (Arc::clone(&c), text.clone());
+            tokio::spawn(async move {
+                c.get(key(), Encoding::Gzip, move || {
+                    let _ = rx.recv();
+                    Ok(text)
+                })
+                .await
+            })
+        };
+        // Wait until the first compression holds the only permit.
+        while !c.lock().in_flight.contains(&(key(), Encoding::Gzip)) {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        // Another coding: no permit left → Busy, without waiting.
+        let t = text.clone();
+        assert!(matches!(
+            c.get(key(), Encoding::Brotli, move || Ok(t)).await,
+            Compressed::Busy
+        ));
+        tx.send(()).unwrap();
+        let Compressed::Ready(gz) = slow.await.unwrap() else {
+            panic!("expected a result")
+        };
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut out).unwrap();
+        assert_eq!(out, text);
+        // Cached: the source is not called again.
+        let cached = c
+            .get(key(), Encoding::Gzip, || Err(io::Error::other("must not run")))
+            .await;
+        assert!(matches!(cached, Compressed::Ready(b) if b == gz));
+    }
+
+    #[tokio::test]
+    async fn incompressible_is_remembered_and_budget_holds() {
+        let c = Compressor::new(2, 64 * 1024);
+        let mut rng = fastrand::Rng::with_seed(1);
+        let noise: Vec<u8> = (0..20_000).map(|_| rng.u8(..)).collect();
+        let n = Bytes::from(noise);
+        let r = c.get(key(), Encoding::Brotli, move || Ok(n)).await;
+        assert!(matches!(r, Compressed::NotWorth));
+        assert!(matches!(c.cached(&key(), Encoding::Brotli), Some(Compressed::NotWorth)));
+        for i in 0..50u32 {
+            let text = Bytes::from(format!("{i} lorem ipsum dolor sit amet ").repeat(300));
+            let _ = c
+                .get(Bytes::from(i.to_string()), Encoding::Gzip, move || Ok(text))
+                .await;
+        }
+        assert!(c.lock().bytes <= 64 * 1024);
+    }
+}
