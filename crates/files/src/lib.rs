@@ -16,6 +16,8 @@
 //! [`StaticService::serve`]; the binary maps config keys onto
 //! [`StaticOptions`] and [`DeployOptions`].
 
+#![warn(missing_docs)]
+
 mod body;
 mod cache;
 mod compress;

@@ -6,22 +6,22 @@
 //! can only name something *inside* that root (symlinks aside — those are
 //! checked against the canonical root when the file is opened, see the service).
 //!
-//! The rules, in order (the status each failure maps to is in brackets):
+//! The rules, in order (the status each failure maps to is in parentheses):
 //!
-//! 1. The path must start with `/` and be at most [`MAX_PATH_LEN`] bytes [400].
+//! 1. The path must start with `/` and be at most [`MAX_PATH_LEN`] bytes (400).
 //! 2. A literal backslash anywhere is refused: it is a path separator on Windows
-//!    and never appears in URLs our users generate [400].
+//!    and never appears in URLs our users generate (400).
 //! 3. The path is split on literal `/`, then each segment is percent-decoded
-//!    **exactly once**. A `%` not followed by two hex digits is refused [400].
+//!    **exactly once**. A `%` not followed by two hex digits is refused (400).
 //!    `%252e` therefore becomes the literal name `%2e`, never `.`.
 //! 4. A decoded segment containing `/` or `\` (from `%2f`, `%5c`) is refused:
-//!    an encoded separator must not become a real one [400].
+//!    an encoded separator must not become a real one (400).
 //! 5. A decoded segment must be valid UTF-8 — this refuses overlong encodings
-//!    such as `%c0%ae` — and must not contain NUL or other control characters [400].
+//!    such as `%c0%ae` — and must not contain NUL or other control characters (400).
 //! 6. Empty segments (`//`) and `.` are skipped, as every browser would have
-//!    normalised them; `..` (also as `%2e%2e`) is refused rather than resolved [400].
+//!    normalised them; `..` (also as `%2e%2e`) is refused rather than resolved (400).
 //! 7. A segment containing `:` is refused: it is a drive letter (`C:`) or an
-//!    NTFS stream (`file::$DATA`) on Windows and never part of a built frontend [400].
+//!    NTFS stream (`file::$DATA`) on Windows and never part of a built frontend (400).
 //! 8. A segment starting with `.` is a dotfile: refused with 403 by default
 //!    ([`DotfilesPolicy::Deny`]), reported as 404 with [`DotfilesPolicy::Hide`],
 //!    allowed with [`DotfilesPolicy::Allow`]. `.well-known` is always allowed

@@ -1,25 +1,27 @@
 //! Which files are fingerprinted (safe to cache forever).
 //!
-//! The default rule, [`ImmutableRule::Fingerprinted`], matches a file when
-//! **either**:
-//!
-//! * **dot-hash**: its name has, between two dots and not as its first or last
-//!   part, a run of 8 to 64 hex digits — `app.3f9a1c2b.js`,
-//!   `main.3f9a1c2b4d5e6f70.chunk.css` (webpack, Parcel, older Vite); or
-//! * **Vite**: it sits below a directory named `assets` and its name, up to the
-//!   first dot, ends with `-` and 8 characters from `[A-Za-z0-9_-]` of which at
-//!   least one is a digit or an upper-case letter — `assets/index-BxK3f9aQ.js`,
-//!   `assets/logo-D_3xYq1-.svg` (Vite/Rollup's default `[name]-[hash]`). Requiring
-//!   a digit or capital keeps words like `assets/settings-overview.js` out.
-//!
-//! A file that matches gets `Cache-Control: public, max-age=31536000, immutable`.
-//! A false negative only costs a revalidation; a false positive would pin a stale
-//! file in browsers for a year, so the rule is deliberately narrow. Projects with
-//! other layouts configure globs instead ([`ImmutableRule::globs`]).
+//! See [`ImmutableRule`].
 
 use crate::FilesError;
 
-/// How to recognise fingerprinted files (see the [module docs](self)).
+/// How to recognise fingerprinted files (safe to cache forever).
+///
+/// The default rule, [`ImmutableRule::Fingerprinted`], matches a file when
+/// **either**:
+///
+/// * **dot-hash**: its name has, between two dots and not as its first or last
+///   part, a run of 8 to 64 hex digits — `app.3f9a1c2b.js`,
+///   `main.3f9a1c2b4d5e6f70.chunk.css` (webpack, Parcel, older Vite); or
+/// * **Vite**: it sits below a directory named `assets` and its name, up to the
+///   first dot, ends with `-` and 8 characters from `[A-Za-z0-9_-]` of which at
+///   least one is a digit or an upper-case letter — `assets/index-BxK3f9aQ.js`,
+///   `assets/logo-D_3xYq1-.svg` (Vite/Rollup's default `[name]-[hash]`). Requiring
+///   a digit or capital keeps words like `assets/settings-overview.js` out.
+///
+/// A file that matches gets `Cache-Control: public, max-age=31536000, immutable`.
+/// A false negative only costs a revalidation; a false positive would pin a stale
+/// file in browsers for a year, so the rule is deliberately narrow. Projects with
+/// other layouts configure globs instead ([`ImmutableRule::globs`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ImmutableRule {
     /// The built-in dot-hash and Vite rules (the default).
@@ -124,7 +126,7 @@ fn match_one(pat: &[u8], s: &[u8]) -> bool {
     pat[p..].iter().all(|&c| c == b'*')
 }
 
-/// The built-in fingerprint rule (see the [module docs](self)).
+/// The built-in fingerprint rule, [`ImmutableRule::Fingerprinted`].
 pub fn is_fingerprinted(rel: &str) -> bool {
     let mut segs = rel.rsplit('/');
     let name = segs.next().unwrap_or("");
