@@ -142,7 +142,7 @@ impl fmt::Display for Backend {
 }
 
 /// A parsed store URL.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) enum Target {
     /// An SQLite file at an absolute or data_dir-resolved path.
     SqliteFile(PathBuf),
@@ -150,6 +150,23 @@ pub(crate) enum Target {
     SqliteMemory,
     /// A PostgreSQL server.
     Postgres(Box<PgConnectOptions>),
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::SqliteFile(path) => f.debug_tuple("SqliteFile").field(path).finish(),
+            Target::SqliteMemory => f.write_str("SqliteMemory"),
+            // PgConnectOptions' own Debug prints the password.
+            Target::Postgres(pg) => write!(
+                f,
+                "Postgres({}:{}/{})",
+                pg.get_host(),
+                pg.get_port(),
+                pg.get_database().unwrap_or_default()
+            ),
+        }
+    }
 }
 
 impl Target {
@@ -284,6 +301,7 @@ mod tests {
         assert_eq!(o.redacted_url(), "postgres://app:***@db:5432/gh");
         assert!(!format!("{o:?}").contains("s3cret"));
         assert_eq!(o.backend().unwrap(), Backend::Postgres);
+        assert!(!format!("{:?}", o.target().unwrap()).contains("s3cret"));
         let err = opts("mysql://u:s3cret@h/x").target().unwrap_err();
         assert!(!err.to_string().contains("s3cret"), "{err}");
     }

@@ -195,7 +195,9 @@ impl Store {
             state,
             wake: Notify::new(),
         });
-        let supervisor = tokio::spawn(supervise(core.clone())).abort_handle();
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| StoreError::Config("Store::open must be called inside a Tokio runtime".to_owned()))?;
+        let supervisor = runtime.spawn(supervise(core.clone())).abort_handle();
         Ok(Store {
             inner: Arc::new(Inner { core, supervisor }),
         })

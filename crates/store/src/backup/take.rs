@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use percent_encoding::percent_decode_str;
+use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use tracing::{debug, warn};
 
 use super::archive::{ExactHashReader, HashWriter, archive_path};
@@ -430,9 +430,10 @@ const LIBPQ_PARAMS: &[&str] = &[
     "target_session_attrs",
 ];
 
-/// Runs `pg_dump --format=custom` for `url` into `dest`. The password travels in
-/// `PGPASSWORD`, never on the command line (where `ps` would show it).
-fn run_pg_dump(program: &Path, url: &str, dest: &Path) -> Result<(), BackupError> {
+/// The connection string for libpq and the password to pass in `PGPASSWORD`: the URL
+/// without its password, keeping only parameters libpq knows, and sqlx's
+/// `options[key]=value` rewritten as `options=-c key=value`.
+fn pg_dump_url(url: &str) -> Result<(String, Option<String>), BackupError> {
     let mut parsed = url::Url::parse(url).map_err(|e| StoreError::Config(format!("invalid postgres url: {e}")))?;
     let password = parsed
         .password()
@@ -453,11 +454,25 @@ fn run_pg_dump(program: &Path, url: &str, dest: &Path) -> Result<(), BackupError
     if !options.is_empty() {
         kept.push(("options".to_owned(), options.join(" ")));
     }
-    parsed.set_query(None);
-    if !kept.is_empty() {
-        parsed.query_pairs_mut().extend_pairs(kept);
-    }
+    // libpq decodes `%XX` but not `+`, so no form encoding here.
+    let query: Vec<String> = kept
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                utf8_percent_encode(k, NON_ALPHANUMERIC),
+                utf8_percent_encode(v, NON_ALPHANUMERIC)
+            )
+        })
+        .collect();
+    parsed.set_query((!query.is_empty()).then(|| query.join("&")).as_deref());
+    Ok((parsed.into(), password))
+}
 
+/// Runs `pg_dump --format=custom` for `url` into `dest`. The password travels in
+/// `PGPASSWORD`, never on the command line (where `ps` would show it).
+fn run_pg_dump(program: &Path, url: &str, dest: &Path) -> Result<(), BackupError> {
+    let (conninfo, password) = pg_dump_url(url)?;
     let mut command = Command::new(program);
     command
         .arg("--format=custom")
@@ -465,7 +480,7 @@ fn run_pg_dump(program: &Path, url: &str, dest: &Path) -> Result<(), BackupError
         .arg("--file")
         .arg(dest)
         .arg("--dbname")
-        .arg(parsed.as_str())
+        .arg(&conninfo)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -504,4 +519,28 @@ fn run_pg_dump(program: &Path, url: &str, dest: &Path) -> Result<(), BackupError
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pg_dump_gets_a_libpq_url_without_the_password() {
+        let (url, password) = pg_dump_url(
+            "postgres://app:p%40ss@db:5432/gh?options[search_path]=s1&sslmode=disable\
+             &statement-cache-capacity=10",
+        )
+        .unwrap();
+        assert_eq!(password.as_deref(), Some("p@ss"));
+        assert!(!url.contains("p%40ss"), "{url}");
+        assert!(url.starts_with("postgres://app@db:5432/gh?"), "{url}");
+        assert!(url.contains("sslmode=disable"), "{url}");
+        assert!(url.contains("options=%2Dc%20search%5Fpath%3Ds1"), "{url}");
+        assert!(!url.contains("statement-cache"), "{url}");
+
+        let (url, password) = pg_dump_url("postgres://postgres@127.0.0.1/test").unwrap();
+        assert_eq!(url, "postgres://postgres@127.0.0.1/test");
+        assert!(password.is_none());
+    }
 }

@@ -19,7 +19,10 @@ async fn closed_port() -> u16 {
 async fn calls_fail_fast_while_postgres_is_unreachable() {
     let dir = tempfile::tempdir().unwrap();
     let port = closed_port().await;
-    let mut options = common::options(&format!("postgres://postgres@127.0.0.1:{port}/test"), dir.path());
+    let mut options = common::options(
+        &format!("postgres://postgres:hunter2@127.0.0.1:{port}/test"),
+        dir.path(),
+    );
     options.connect_timeout = Duration::from_secs(2);
     let store = Store::open(options).unwrap();
     assert!(!store.is_ready());
@@ -48,6 +51,8 @@ async fn calls_fail_fast_while_postgres_is_unreachable() {
     }
     let err = store.meta().get("x").await.unwrap_err();
     assert!(err.to_string().contains("database unavailable"), "{err}");
+    // The password never shows up in what may be logged.
+    assert!(!format!("{store:?} {:?} {err}", store.state()).contains("hunter2"));
     let err = store.wait_ready(Duration::from_millis(200)).await.unwrap_err();
     assert!(err.is_unavailable());
 }
