@@ -16,6 +16,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::pool::PooledConn;
+
 pin_project! {
     /// A client's request body on its way upstream, counting bytes for the
     /// access log when it is on.
@@ -59,7 +61,8 @@ impl Body for RequestBody {
 pin_project! {
     #[project = KindProj]
     enum Kind {
-        Upstream { #[pin] body: Incoming },
+        // `conn` goes back to its pool when `body` has been read to the end.
+        Upstream { #[pin] body: Incoming, conn: Option<PooledConn> },
         Full { data: Option<Bytes> },
     }
 }
@@ -77,9 +80,18 @@ pin_project! {
 }
 
 impl ResponseBody {
-    pub(crate) fn upstream(body: Incoming) -> Self {
+    /// Streams an upstream body; `conn` is released to its pool when the body
+    /// ends, or closed if the body is dropped before that.
+    pub(crate) fn upstream(body: Incoming, conn: PooledConn) -> Self {
+        let conn = if body.is_end_stream() {
+            // Nothing left to read (204, 304, HEAD, empty body): reusable now.
+            conn.release();
+            None
+        } else {
+            Some(conn)
+        };
         Self {
-            kind: Kind::Upstream { body },
+            kind: Kind::Upstream { body, conn },
             log: None,
         }
     }
@@ -113,7 +125,20 @@ impl Body for ResponseBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
         let res = match this.kind.project() {
-            KindProj::Upstream { body } => body.poll_frame(cx),
+            KindProj::Upstream { mut body, conn } => {
+                let res = body.as_mut().poll_frame(cx);
+                let finished = match &res {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    _ => false,
+                };
+                if finished {
+                    if let Some(conn) = conn.take() {
+                        conn.release();
+                    }
+                }
+                res
+            }
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         };
         if let (Some(log), Poll::Ready(Some(Ok(frame)))) = (this.log.as_mut(), &res) {
@@ -126,14 +151,14 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Upstream { body } => body.is_end_stream(),
+            Kind::Upstream { body, .. } => body.is_end_stream(),
             Kind::Full { data } => data.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Upstream { body } => body.size_hint(),
+            Kind::Upstream { body, .. } => body.size_hint(),
             Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }

@@ -29,16 +29,31 @@ pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-
 /// Returns the `Upgrade` value if the message asked for a protocol upgrade
 /// (`Connection: upgrade` plus an `Upgrade` header), so the caller can forward it.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
+    // One pass over the names finds which hop-by-hop headers are present; most
+    // messages carry none or only `Connection`, so this beats seven hashed removals.
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return None;
+    }
     let mut upgrade = None;
-    if let Some(conn) = headers.get(header::CONNECTION) {
-        // Collect first: removing while iterating `conn` would borrow twice.
+    let mut te_trailers = false;
+    if present & 1 != 0 {
+        // `Connection` (index 0) may name more headers to drop.
         let mut listed: Vec<HeaderName> = Vec::new();
         let mut wants_upgrade = false;
-        if let Ok(value) = conn.to_str() {
+        for conn in headers.get_all(header::CONNECTION) {
+            let Ok(value) = conn.to_str() else { continue };
             for token in value.split(',') {
                 let token = token.trim();
                 if token.eq_ignore_ascii_case("upgrade") {
                     wants_upgrade = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+                    // Connection options, not header names (the common case).
                 } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                     listed.push(name);
                 }
@@ -54,11 +69,15 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
             upgrade = headers.get(header::UPGRADE).cloned();
         }
     }
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            if *name == header::TE {
+                te_trailers = headers
+                    .get(header::TE)
+                    .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+            }
+            headers.remove(name);
+        }
     }
     if te_trailers {
         // `TE: trailers` is end-to-end meaningful (gRPC needs it).

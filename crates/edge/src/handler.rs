@@ -18,20 +18,19 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use gatehouse_config::{Action, Config, ProxyAction, Target};
+use gatehouse_config::{Action, Config, ProxyAction};
 use gatehouse_observe::{AccessLogSender, AccessRecord};
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use crate::body::{PendingLog, RequestBody, ResponseBody};
 use crate::forwarding::{self, PeerInfo, X_REQUEST_ID};
 use crate::path::{self, PathError};
+use crate::pool::{SendError, TargetPool};
 use crate::request_id;
 use crate::router::{self, CompiledRoute, Match, Router};
 
@@ -60,14 +59,13 @@ pub(crate) struct Worker {
 }
 
 struct UpstreamClient {
-    client: Client<HttpConnector, RequestBody>,
     targets: Vec<TargetInfo>,
     next: AtomicUsize,
     response_timeout: Duration,
 }
 
 struct TargetInfo {
-    target: Target,
+    pool: Arc<TargetPool>,
     /// `Host` header value used when the client's host is not preserved.
     host_header: HeaderValue,
 }
@@ -94,33 +92,18 @@ impl Worker {
             .config
             .upstreams
             .iter()
-            .map(|u| {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                connector.set_connect_timeout(Some(u.connect_timeout));
-                connector.enforce_http(true);
-                let client = Client::builder(TokioExecutor::new())
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .pool_idle_timeout(u.idle_timeout)
-                    .pool_max_idle_per_host(u.keepalive)
-                    .set_host(false)
-                    .build(connector);
-                let targets = u
+            .map(|u| UpstreamClient {
+                targets: u
                     .targets
                     .iter()
                     .map(|t| TargetInfo {
                         host_header: HeaderValue::from_str(t.authority.as_str())
                             .unwrap_or(HeaderValue::from_static("localhost")),
-                        target: t.clone(),
+                        pool: TargetPool::new(t.clone(), u),
                     })
-                    .collect();
-                UpstreamClient {
-                    client,
-                    targets,
-                    next: AtomicUsize::new(0),
-                    response_timeout: u.response_timeout,
-                }
+                    .collect(),
+                next: AtomicUsize::new(0),
+                response_timeout: u.response_timeout,
             })
             .collect();
         Self { shared, upstreams }
@@ -327,7 +310,7 @@ impl Worker {
                 &ctx.request_id,
             );
         };
-        ctx.upstream = Some(target.target.authority.clone());
+        ctx.upstream = Some(target.pool.target.authority.clone());
 
         // Upstream request filter.
         let wants_upgrade = req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
@@ -337,14 +320,10 @@ impl Worker {
             Some(pq) => pq,
             None => return local_error(StatusCode::BAD_REQUEST, "cannot build upstream path", &ctx.request_id),
         };
-        let mut uri_parts = http::uri::Parts::default();
-        uri_parts.scheme = Some(Scheme::HTTP);
-        uri_parts.authority = Some(target.target.authority.clone());
-        uri_parts.path_and_query = Some(path_and_query);
-        parts.uri = match Uri::from_parts(uri_parts) {
-            Ok(u) => u,
-            Err(_) => return local_error(StatusCode::BAD_REQUEST, "cannot build upstream URI", &ctx.request_id),
-        };
+        // Origin-form (`/path?query`): the connection already goes to the target.
+        parts.uri = Uri::from(path_and_query);
+        // Room for the headers added below, so the map grows at most once.
+        parts.headers.reserve(6);
         let upgrade = forwarding::strip_hop_by_hop(&mut parts.headers);
         let upgrade = upgrade.filter(|_| client_upgrade.is_some());
         if let Some(proto) = &upgrade {
@@ -364,21 +343,21 @@ impl Worker {
         let upstream_req = Request::from_parts(parts, RequestBody::new(body, ctx.bytes_in.clone()));
 
         // Send, bounded by the response-header timeout.
-        let sent = tokio::time::timeout(pool.response_timeout, pool.client.request(upstream_req)).await;
+        let sent = tokio::time::timeout(pool.response_timeout, target.pool.send(upstream_req)).await;
         ctx.upstream_duration = Some(start.elapsed());
-        let mut resp = match sent {
-            Ok(Ok(resp)) => resp,
+        let (mut resp, conn) = match sent {
+            Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
                 let (status, why) = classify(&e);
                 tracing::warn!(
-                    request_id = ?ctx.request_id, route = %route.name, upstream = %target.target.authority,
+                    request_id = ?ctx.request_id, route = %route.name, upstream = %target.pool.target.authority,
                     error = %error_chain(&e), "Upstream request failed."
                 );
                 return local_error(status, why, &ctx.request_id);
             }
             Err(_) => {
                 tracing::warn!(
-                    request_id = ?ctx.request_id, route = %route.name, upstream = %target.target.authority,
+                    request_id = ?ctx.request_id, route = %route.name, upstream = %target.pool.target.authority,
                     timeout = ?pool.response_timeout, "Upstream did not send response headers in time."
                 );
                 return local_error(StatusCode::GATEWAY_TIMEOUT, "upstream timed out", &ctx.request_id);
@@ -418,7 +397,7 @@ impl Worker {
             return Response::from_parts(parts, ResponseBody::empty());
         }
         forwarding::strip_hop_by_hop(resp.headers_mut());
-        resp.map(ResponseBody::upstream)
+        resp.map(|body| ResponseBody::upstream(body, conn))
     }
 }
 
@@ -455,30 +434,12 @@ fn upstream_path(
     PathAndQuery::from_maybe_shared(Bytes::from(out)).ok()
 }
 
-/// Maps a client error to a status and a short, stable reason.
-fn classify(e: &hyper_util::client::legacy::Error) -> (StatusCode, &'static str) {
-    let timed_out = {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-        let mut found = false;
-        while let Some(s) = source {
-            if s.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-            {
-                found = true;
-                break;
-            }
-            source = s.source();
-        }
-        found
-    };
-    if e.is_connect() {
-        if timed_out {
-            (StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out")
-        } else {
-            (StatusCode::BAD_GATEWAY, "upstream connection failed")
-        }
-    } else {
-        (StatusCode::BAD_GATEWAY, "upstream closed the connection")
+/// Maps a send failure to a status and a short, stable reason.
+fn classify(e: &SendError) -> (StatusCode, &'static str) {
+    match e {
+        SendError::ConnectTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out"),
+        SendError::Connect { .. } => (StatusCode::BAD_GATEWAY, "upstream connection failed"),
+        SendError::Http { .. } => (StatusCode::BAD_GATEWAY, "upstream closed the connection"),
     }
 }
 

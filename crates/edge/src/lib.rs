@@ -13,6 +13,7 @@ mod body;
 mod forwarding;
 mod handler;
 mod path;
+mod pool;
 mod request_id;
 mod router;
 mod server;

@@ -4,12 +4,14 @@
 //! one-label wildcard, then the default site), and its normalised path picks the
 //! site's route with the longest matching prefix whose methods allow the request.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use gatehouse_config::{Action, Config, HostPattern};
 use http::Method;
+// Keys come from the config only and the maps never grow at run time, so a
+// flood of hostile host names cannot degrade them; a fast hash is safe here.
+use rustc_hash::FxHashMap as HashMap;
 
 /// The compiled routing table of one configuration.
 #[derive(Debug)]
@@ -71,8 +73,8 @@ impl CompiledRoute {
 
 impl Router {
     pub(crate) fn new(config: &Config) -> Self {
-        let mut exact = HashMap::new();
-        let mut wildcard = HashMap::new();
+        let mut exact = HashMap::default();
+        let mut wildcard = HashMap::default();
         let mut default = None;
         let mut sites = Vec::with_capacity(config.sites.len());
         for (i, site) in config.sites.iter().enumerate() {

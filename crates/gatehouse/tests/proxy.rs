@@ -404,3 +404,55 @@ async fn missing_or_bad_host_is_rejected() {
     let r = get(&gh.url("/"), &[("host", "anything.example")]).await;
     assert_eq!(r.status, 200, "the default site answers unknown hosts");
 }
+
+#[tokio::test]
+async fn upstream_connections_are_pooled() {
+    let up = Upstream::echo().await;
+    let gh = Gatehouse::start(&format!(
+        "[server]\nworkers = 1\n{}",
+        proxy_config(&format!("\"{}\"", up.addr), "")
+    ));
+    for _ in 0..20 {
+        assert_eq!(get(&gh.url("/"), &[("host", "app.test")]).await.status, 200);
+    }
+    assert_eq!(up.requests().len(), 20);
+    assert_eq!(up.connections(), 1, "sequential requests reuse one upstream connection");
+}
+
+#[tokio::test]
+async fn abandoned_response_does_not_poison_the_pool() {
+    let up = Upstream::start(Behavior::Generate(8 << 20)).await;
+    let gh = Gatehouse::start(&format!(
+        "[server]\nworkers = 1\n{}",
+        proxy_config(&format!("\"{}\"", up.addr), "")
+    ));
+    // Read only the head of a large response, then hang up.
+    let req = Request::get(gh.url("/big"))
+        .header("host", "app.test")
+        .body(body(Bytes::new()))
+        .unwrap();
+    let resp = client::http1().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The half-read connection is not reused: the next response is whole.
+    let r = get(&gh.url("/again"), &[("host", "app.test")]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 8 << 20);
+    assert_eq!(up.connections(), 2);
+}
+
+#[tokio::test]
+async fn upstream_closing_after_each_response_is_handled() {
+    let up = Upstream::start(Behavior::CloseAfterResponse).await;
+    let gh = Gatehouse::start(&format!(
+        "[server]\nworkers = 1\n{}",
+        proxy_config(&format!("\"{}\"", up.addr), "")
+    ));
+    for i in 0..10 {
+        let r = get(&gh.url("/"), &[("host", "app.test")]).await;
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "bye"), "request {i}");
+        assert!(r.headers.get("connection").is_none(), "hop-by-hop header leaked");
+    }
+    assert_eq!(up.connections(), 10);
+}

@@ -5,7 +5,7 @@ use std::io::{self, BufWriter, Write};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -23,6 +23,12 @@ const QUEUE_CAPACITY: usize = 8192;
 const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 /// Write buffer size: large writes keep the syscall count low under load.
 const BUFFER_SIZE: usize = 64 * 1024;
+/// While records keep coming, the writer sleeps this long between batches instead
+/// of parking on the queue. A parked writer must be woken by the worker that
+/// sends the next record — a futex call and a context switch per request, which
+/// profiling showed costing more than the rest of the proxy path. 8192 records
+/// per 5 ms is 1.6M requests/s of headroom before anything is dropped.
+const BATCH_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Everything the access log says about one request.
 ///
@@ -151,8 +157,10 @@ impl AccessLog {
 
 fn write_loop(rx: Receiver<AccessRecord>, mut out: BufWriter<Box<dyn Write + Send>>, format: LogFormat) {
     let mut failed = false;
+    let mut clock = Clock::default();
     loop {
-        let record = match rx.recv_timeout(FLUSH_INTERVAL) {
+        // Idle: park until a record arrives (or flush periodically).
+        let first = match rx.recv_timeout(FLUSH_INTERVAL) {
             Ok(r) => r,
             Err(RecvTimeoutError::Timeout) => {
                 flush(&mut out, &mut failed);
@@ -160,12 +168,29 @@ fn write_loop(rx: Receiver<AccessRecord>, mut out: BufWriter<Box<dyn Write + Sen
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        write_record(&mut out, &record, format, &mut failed);
-        // Drain what is already queued before paying for a flush.
-        while let Ok(r) = rx.try_recv() {
-            write_record(&mut out, &r, format, &mut failed);
+        write_record(&mut out, &mut clock, &first, format, &mut failed);
+        // Busy: drain in batches without parking, so senders never wake us.
+        loop {
+            let mut wrote = 0usize;
+            loop {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        write_record(&mut out, &mut clock, &r, format, &mut failed);
+                        wrote += 1;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        flush(&mut out, &mut failed);
+                        return;
+                    }
+                }
+            }
+            flush(&mut out, &mut failed);
+            if wrote == 0 {
+                break;
+            }
+            std::thread::sleep(BATCH_INTERVAL);
         }
-        flush(&mut out, &mut failed);
     }
     flush(&mut out, &mut failed);
 }
@@ -176,9 +201,9 @@ fn flush(out: &mut impl Write, failed: &mut bool) {
     }
 }
 
-fn write_record(out: &mut impl Write, r: &AccessRecord, format: LogFormat, failed: &mut bool) {
+fn write_record(out: &mut impl Write, clock: &mut Clock, r: &AccessRecord, format: LogFormat, failed: &mut bool) {
     let res = match format {
-        LogFormat::Text => write_text(out, r),
+        LogFormat::Text => write_text(out, clock, r),
         LogFormat::Json => write_json(out, r),
     };
     match res {
@@ -223,15 +248,63 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn write_text(out: &mut impl Write, r: &AccessRecord) -> io::Result<()> {
-    write!(
-        out,
-        "{} {} {} \"{} ",
-        humantime::format_rfc3339_millis(r.time),
-        r.client_ip,
-        r.request_id.to_str().unwrap_or("-"),
-        r.method
-    )?;
+/// Formats timestamps, re-using the date and time up to the second: every line
+/// within one second shares that prefix, so only the milliseconds are new.
+#[derive(Default)]
+struct Clock {
+    second: u64,
+    /// `2026-11-21T12:32:43.`
+    prefix: Vec<u8>,
+}
+
+impl Clock {
+    fn write(&mut self, out: &mut impl Write, t: SystemTime) -> io::Result<()> {
+        let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let second = since.as_secs();
+        if self.prefix.is_empty() || second != self.second {
+            let whole = std::time::UNIX_EPOCH + Duration::from_secs(second);
+            let text = humantime::format_rfc3339_seconds(whole).to_string();
+            self.prefix.clear();
+            self.prefix.extend_from_slice(text.trim_end_matches('Z').as_bytes());
+            self.prefix.push(b'.');
+            self.second = second;
+        }
+        out.write_all(&self.prefix)?;
+        let ms = since.subsec_millis();
+        out.write_all(&[
+            b'0' + (ms / 100) as u8,
+            b'0' + (ms / 10 % 10) as u8,
+            b'0' + (ms % 10) as u8,
+            b'Z',
+        ])
+    }
+}
+
+/// Writes a duration as milliseconds with three decimals, without floats.
+fn write_ms(out: &mut impl Write, d: Duration) -> io::Result<()> {
+    let us = d.as_micros();
+    let mut buf = itoa::Buffer::new();
+    out.write_all(buf.format(us / 1000).as_bytes())?;
+    let frac = (us % 1000) as u32;
+    out.write_all(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ])
+}
+
+fn write_int(out: &mut impl Write, n: u64) -> io::Result<()> {
+    out.write_all(itoa::Buffer::new().format(n).as_bytes())
+}
+
+fn write_text(out: &mut impl Write, clock: &mut Clock, r: &AccessRecord) -> io::Result<()> {
+    clock.write(out, r.time)?;
+    write!(out, " {} ", r.client_ip)?;
+    out.write_all(r.request_id.as_bytes())?;
+    out.write_all(b" \"")?;
+    out.write_all(r.method.as_str().as_bytes())?;
+    out.write_all(b" ")?;
     match &r.host {
         Some(h) => write_escaped(out, h.as_bytes())?,
         None => out.write_all(b"-")?,
@@ -239,24 +312,32 @@ fn write_text(out: &mut impl Write, r: &AccessRecord) -> io::Result<()> {
     out.write_all(b" ")?;
     let target = r.uri.path_and_query().map_or("/", |pq| pq.as_str());
     write_escaped(out, target.as_bytes())?;
-    write!(
-        out,
-        " {}\" {} in={} out={} dur_ms={:.3} route=",
-        version_str(r.version),
-        r.status,
-        r.bytes_in,
-        r.bytes_out,
-        ms(r.duration)
-    )?;
+    out.write_all(b" ")?;
+    out.write_all(version_str(r.version).as_bytes())?;
+    out.write_all(b"\" ")?;
+    write_int(out, u64::from(r.status))?;
+    out.write_all(b" in=")?;
+    write_int(out, r.bytes_in)?;
+    out.write_all(b" out=")?;
+    write_int(out, r.bytes_out)?;
+    out.write_all(b" dur_ms=")?;
+    write_ms(out, r.duration)?;
+    out.write_all(b" route=")?;
     match &r.route {
         Some(route) => write_escaped(out, route.as_bytes())?,
         None => out.write_all(b"-")?,
     }
-    match (&r.upstream, r.upstream_duration) {
-        (Some(u), Some(d)) => writeln!(out, " upstream={u} upstream_ms={:.3}", ms(d)),
-        (Some(u), None) => writeln!(out, " upstream={u} upstream_ms=-"),
-        _ => writeln!(out, " upstream=- upstream_ms=-"),
+    out.write_all(b" upstream=")?;
+    match &r.upstream {
+        Some(u) => out.write_all(u.as_str().as_bytes())?,
+        None => out.write_all(b"-")?,
     }
+    out.write_all(b" upstream_ms=")?;
+    match r.upstream_duration {
+        Some(d) => write_ms(out, d)?,
+        None => out.write_all(b"-")?,
+    }
+    out.write_all(b"\n")
 }
 
 fn write_json(out: &mut impl Write, r: &AccessRecord) -> io::Result<()> {

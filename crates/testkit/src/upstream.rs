@@ -40,6 +40,8 @@ pub enum Behavior {
     Generate(u64),
     /// Completes a WebSocket handshake and echoes every message.
     WebSocketEcho,
+    /// Answers 200 `bye` with `Connection: close`, then closes the connection.
+    CloseAfterResponse,
 }
 
 /// A request as the upstream saw it.
@@ -214,6 +216,11 @@ async fn respond(
             let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
             r.headers_mut()
                 .insert("content-length", total.to_string().parse().unwrap());
+            r
+        }
+        Behavior::CloseAfterResponse => {
+            let mut r = full(200, "bye");
+            r.headers_mut().insert("connection", "close".parse().unwrap());
             r
         }
         Behavior::CloseMidBody | Behavior::Reset | Behavior::WebSocketEcho => full(500, "unreachable"),
