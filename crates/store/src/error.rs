@@ -144,3 +144,12 @@ pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
 pub(crate) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
     err.as_database_error().is_some_and(|db| db.is_foreign_key_violation())
 }
+
+/// True when the driver error is SQLite's `SQLITE_BUSY` (any extended code).
+pub(crate) fn is_sqlite_busy(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .filter(|db| db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some())
+        .and_then(|db| db.code())
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| code & 0xff == 5)
+}

@@ -231,6 +231,9 @@ fn plan<'m>(recorded: &[(i64, String, String)], embedded: &'m [Migration]) -> Re
 /// ([`StoreError::Unavailable`]), anything else is a [`StoreError::Migration`].
 fn step_error(step: &str, err: sqlx::Error) -> StoreError {
     match classify(err) {
+        (StoreError::Unavailable { reason }, Severity::Down | Severity::Busy) => StoreError::Unavailable {
+            reason: format!("{step}: {reason}"),
+        },
         (err, Severity::Down | Severity::Busy) => err,
         (err, Severity::Call) => StoreError::Migration(format!("{step}: {err}")),
     }

@@ -9,7 +9,12 @@ use std::time::Duration;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 
+use sqlx::{Connection, SqliteConnection};
+use tokio::time::Instant;
+use tracing::warn;
+
 use crate::StoreError;
+use crate::error::{classify, is_sqlite_busy};
 
 /// Default `[store] url`: an SQLite file named `gatehouse.db` inside `data_dir`.
 ///
@@ -177,18 +182,52 @@ impl Target {
         }
     }
 
-    /// Creates the directory of an SQLite file ("created on first start").
+    /// Creates an SQLite file and its directory on first start and puts it in WAL mode.
+    ///
+    /// Switching a database into WAL needs an exclusive lock that SQLite does not wait for
+    /// (`busy_timeout` does not apply), so when several instances create the file at once
+    /// all but one would fail with "database is locked". This step retries that switch for
+    /// up to [`SQLITE_BUSY_TIMEOUT`]; afterwards WAL is a property of the file and the
+    /// pool's own `journal_mode=WAL` is a no-op.
     pub(crate) async fn prepare(&self) -> Result<(), StoreError> {
-        if let Target::SqliteFile(path) = self {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                tokio::fs::create_dir_all(dir)
-                    .await
-                    .map_err(|e| StoreError::Unavailable {
-                        reason: format!("cannot create {}: {e}", dir.display()),
-                    })?;
+        let Target::SqliteFile(path) = self else {
+            return Ok(());
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| StoreError::Unavailable {
+                    reason: format!("cannot create {}: {e}", dir.display()),
+                })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .busy_timeout(SQLITE_BUSY_TIMEOUT);
+        let deadline = Instant::now() + SQLITE_BUSY_TIMEOUT;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let attempt = async {
+                let mut conn = SqliteConnection::connect_with(&options).await?;
+                let mode: Result<(String,), _> = sqlx::query_as("PRAGMA journal_mode = WAL").fetch_one(&mut conn).await;
+                let _ = conn.close().await;
+                mode
+            }
+            .await;
+            match attempt {
+                Ok((mode,)) => {
+                    if !mode.eq_ignore_ascii_case("wal") {
+                        warn!(path = %path.display(), %mode, "SQLite did not switch to WAL mode; readers may block writers.");
+                    }
+                    return Ok(());
+                }
+                Err(e) if is_sqlite_busy(&e) && Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => return Err(classify(e).0),
             }
         }
-        Ok(())
     }
 
     /// SQLite connection options with gatehouse's pragmas.

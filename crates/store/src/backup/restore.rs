@@ -24,11 +24,14 @@ use crate::digest::hex;
 const MAX_MANIFEST_BYTES: u64 = 64 * 1024 * 1024;
 
 /// How to restore.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RestoreOptions {
     /// Restore even when the data-dir lock is held (a server seems to run). Only for a lock
     /// you know to be wrong: a running server keeps writing to the files moved aside.
     pub force: bool,
+    /// The configured `[backup] dir`; when it is inside `data_dir` it stays in place (as
+    /// the default `backups` directory always does).
+    pub backup_dir: Option<PathBuf>,
 }
 
 /// What [`verify`] found.
@@ -101,7 +104,7 @@ pub fn restore(archive: &Path, data_dir: &Path, options: RestoreOptions) -> Resu
     let staging = data_dir.join(format!("{RESTORE_STAGING_PREFIX}{stamp}"));
     fs::create_dir(&staging).map_err(BackupError::io("create", &staging))?;
 
-    let result = restore_from_staging(archive, data_dir, &staging, &stamp);
+    let result = restore_from_staging(archive, data_dir, &staging, &stamp, &options);
     if let Err(e) = fs::remove_dir_all(&staging) {
         if e.kind() != io::ErrorKind::NotFound {
             warn!(path = %staging.display(), error = %e, "Could not remove the restore staging directory.");
@@ -121,7 +124,13 @@ pub fn restore(archive: &Path, data_dir: &Path, options: RestoreOptions) -> Resu
 
 type Restored = (VerifyReport, Option<PathBuf>, Option<PathBuf>, Option<PathBuf>);
 
-fn restore_from_staging(archive: &Path, data_dir: &Path, staging: &Path, stamp: &str) -> Result<Restored, BackupError> {
+fn restore_from_staging(
+    archive: &Path,
+    data_dir: &Path,
+    staging: &Path,
+    stamp: &str,
+    options: &RestoreOptions,
+) -> Result<Restored, BackupError> {
     let scanned = scan(archive, Some(staging))?;
     let checksum_file_verified = verify_checksum_file(archive)?;
     let verified = scanned.report(archive, checksum_file_verified);
@@ -130,7 +139,7 @@ fn restore_from_staging(archive: &Path, data_dir: &Path, staging: &Path, stamp: 
         data_dir: data_dir.to_path_buf(),
         reason,
     };
-    let stays = stays_in_place(archive, data_dir);
+    let stays = stays_in_place(archive, data_dir, options.backup_dir.as_deref());
     let source = staging.join(DATA_PREFIX);
     fs::create_dir_all(&source).map_err(BackupError::io("create", &source))?;
     let incoming = names(&source)?;
@@ -205,16 +214,21 @@ fn restore_from_staging(archive: &Path, data_dir: &Path, staging: &Path, stamp: 
 }
 
 /// Top-level names of `data_dir` that a restore neither replaces nor moves aside.
-fn stays_in_place(archive: &Path, data_dir: &Path) -> impl Fn(&OsString) -> bool {
-    let archive_top = std::path::absolute(archive)
-        .ok()
-        .zip(std::path::absolute(data_dir).ok())
-        .and_then(|(a, d)| {
-            a.strip_prefix(&d)
-                .ok()
-                .and_then(|rel| rel.components().next())
-                .map(|c| c.as_os_str().to_owned())
-        });
+fn stays_in_place(archive: &Path, data_dir: &Path, backup_dir: Option<&Path>) -> impl Fn(&OsString) -> bool {
+    // The first component of `path` below `data_dir`, if it is below.
+    let top = |path: &Path| {
+        std::path::absolute(path)
+            .ok()
+            .zip(std::path::absolute(data_dir).ok())
+            .and_then(|(p, d)| {
+                p.strip_prefix(&d)
+                    .ok()
+                    .and_then(|rel| rel.components().next())
+                    .map(|c| c.as_os_str().to_owned())
+            })
+    };
+    let archive_top = top(archive);
+    let backup_top = backup_dir.and_then(top);
     move |name: &OsString| {
         let text = name.to_string_lossy();
         text == LOCK_FILE_NAME
@@ -222,6 +236,7 @@ fn stays_in_place(archive: &Path, data_dir: &Path) -> impl Fn(&OsString) -> bool
             || text.starts_with(RESTORE_STAGING_PREFIX)
             || text.starts_with(RESTORE_PREVIOUS_PREFIX)
             || archive_top.as_ref() == Some(name)
+            || backup_top.as_ref() == Some(name)
     }
 }
 

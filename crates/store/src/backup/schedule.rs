@@ -141,7 +141,7 @@ pub fn run_schedule(store: Store, options: BackupOptions, every: Duration, statu
         let every = every.max(Duration::from_secs(1));
         let mut wait = first_wait(&options, every);
         loop {
-            info!(in_ = ?wait, "Next backup scheduled.");
+            info!(wait = ?wait, "Next backup scheduled.");
             tokio::time::sleep(wait).await;
             wait = match backup_now(&store, &options, &status).await {
                 Ok(_) => every,

@@ -194,10 +194,21 @@ async fn restore_over_a_data_dir_moves_the_old_contents_aside() {
     t.store.releases().activate("frontend", "r1").await.unwrap();
     fs::write(t.data_dir.join("keys/jwt.pem"), "ROTATED").unwrap();
     fs::write(t.data_dir.join("new-after-backup.txt"), "x").unwrap();
+    // A backup directory configured after that backup was taken.
+    fs::create_dir_all(t.data_dir.join("snapshots")).unwrap();
+    fs::write(t.data_dir.join("snapshots/other.tar.gz"), "x").unwrap();
     t.store.close().await;
 
     // …then the server is stopped and the backup restored in place.
-    let restored = backup::restore(&report.path, &t.data_dir, RestoreOptions::default()).unwrap();
+    let options = RestoreOptions {
+        backup_dir: Some(t.data_dir.join("snapshots")),
+        ..RestoreOptions::default()
+    };
+    let restored = backup::restore(&report.path, &t.data_dir, options).unwrap();
+    assert!(
+        t.data_dir.join("snapshots/other.tar.gz").is_file(),
+        "the backup dir stays"
+    );
     let previous = restored.previous.clone().unwrap();
     assert!(previous.starts_with(&t.data_dir));
     assert!(previous.join("new-after-backup.txt").is_file());
@@ -351,7 +362,15 @@ async fn restore_is_refused_while_the_data_dir_is_locked_unless_forced() {
     assert!(message.contains(&format!("pid {}", std::process::id())), "{message}");
     assert_untouched(&t.data_dir, &before);
 
-    let report = backup::restore(&archive, &t.data_dir, RestoreOptions { force: true }).unwrap();
+    let report = backup::restore(
+        &archive,
+        &t.data_dir,
+        RestoreOptions {
+            force: true,
+            ..RestoreOptions::default()
+        },
+    )
+    .unwrap();
     assert!(report.forced);
     drop(lock);
 

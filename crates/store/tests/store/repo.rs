@@ -288,12 +288,12 @@ async fn cert_lock_is_a_lease(store: &Store) {
 
     // An expired lease is taken over.
     assert!(
-        repo.try_lock("short.example.com", "i-1", Duration::from_millis(150))
+        repo.try_lock("short.example.com", "i-1", Duration::from_millis(800))
             .await
             .unwrap()
     );
     assert!(!repo.try_lock("short.example.com", "i-2", ttl).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(repo.try_lock("short.example.com", "i-2", ttl).await.unwrap());
     assert!(!repo.try_lock("short.example.com", "i-1", ttl).await.unwrap());
 }
