@@ -138,7 +138,7 @@ fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
 
 /// Pre-computed per-connection values, so the common request does not format
 /// the peer address again.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct PeerInfo {
     pub(crate) ip: IpAddr,
     pub(crate) trusted: bool,
@@ -146,6 +146,9 @@ pub(crate) struct PeerInfo {
     pub(crate) ip_header: HeaderValue,
     /// The peer as a `Forwarded` node (`for=1.2.3.4` or `for="[::1]"`).
     pub(crate) forwarded_node: String,
+    /// The last `Forwarded` value built, keyed by host: requests on one
+    /// connection nearly always name the same host, so it is built once.
+    last_forwarded: std::sync::Mutex<Option<(Option<HeaderValue>, &'static str, HeaderValue)>>,
 }
 
 impl PeerInfo {
@@ -162,7 +165,33 @@ impl PeerInfo {
             // An IP address's text form is always a valid header value.
             ip_header: HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("unknown")),
             forwarded_node,
+            last_forwarded: std::sync::Mutex::new(None),
         }
+    }
+
+    /// `for=…;host="…";proto=…` for this peer (RFC 7239), cached per host.
+    fn forwarded_node(&self, host: Option<&HeaderValue>, proto: &'static str) -> HeaderValue {
+        let mut cache = self.last_forwarded.lock().ok();
+        if let Some(Some((h, p, value))) = cache.as_deref() {
+            if h.as_ref() == host && *p == proto {
+                return value.clone();
+            }
+        }
+        let mut node = String::with_capacity(64);
+        node.push_str(&self.forwarded_node);
+        if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+            node.push_str(";host=\"");
+            node.push_str(h);
+            node.push('"');
+        }
+        node.push_str(";proto=");
+        node.push_str(proto);
+        // Built from an IP, a visible-ASCII host and a fixed word: always valid.
+        let value = HeaderValue::from_str(&node).unwrap_or_else(|_| HeaderValue::from_static("for=unknown"));
+        if let Some(cache) = cache.as_deref_mut() {
+            *cache = Some((host.cloned(), proto, value.clone()));
+        }
+        value
     }
 }
 
@@ -200,15 +229,7 @@ pub(crate) fn add_forwarding_headers(
         };
     }
 
-    let mut node = String::with_capacity(64);
-    node.push_str(&peer.forwarded_node);
-    if let Some(h) = host.and_then(|h| h.to_str().ok()) {
-        node.push_str(";host=\"");
-        node.push_str(h);
-        node.push('"');
-    }
-    node.push_str(";proto=");
-    node.push_str(proto);
+    let node = peer.forwarded_node(host, proto);
     let forwarded = if peer.trusted {
         match join_existing(headers, &header::FORWARDED) {
             Some(mut prior) => {
@@ -216,10 +237,10 @@ pub(crate) fn add_forwarding_headers(
                 prior.extend_from_slice(node.as_bytes());
                 HeaderValue::from_bytes(&prior).ok()
             }
-            None => HeaderValue::from_str(&node).ok(),
+            None => Some(node),
         }
     } else {
-        HeaderValue::from_str(&node).ok()
+        Some(node)
     };
     match forwarded {
         Some(v) => headers.insert(header::FORWARDED, v),
