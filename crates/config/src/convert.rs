@@ -41,6 +41,16 @@ pub(crate) mod defaults {
     pub(crate) const REDIRECT_STATUS: u16 = 308;
     pub(crate) const RESPOND_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
     pub(crate) const LOG_LEVEL: &str = "info";
+    /// SQLite in data_dir: nothing to install, one file to back up.
+    pub(crate) const STORE_URL: &str = "sqlite://gatehouse.db";
+    /// Enough for the auth and notification services on one instance; several
+    /// instances on one PostgreSQL stay well under its default 100 connections.
+    pub(crate) const STORE_MAX_CONNECTIONS: u32 = 10;
+    pub(crate) const STORE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// A week of daily backups.
+    pub(crate) const BACKUP_KEEP: u32 = 7;
+    /// Enough to roll back a few deploys without filling the disk.
+    pub(crate) const RELEASE_KEEP: usize = 5;
 }
 
 const METHODS_HINT: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, CONNECT or TRACE (or a custom token)";
@@ -77,6 +87,8 @@ pub(crate) fn convert(file: FileConfig, base_dir: &Path) -> Result<Config, RawEr
     let mut default_site: Option<usize> = None;
     for (i, site) in file.site.into_iter().enumerate() {
         let key = format!("site[{i}]");
+        let site_span = site.span();
+        let site = site.into_inner();
         let mut hosts = Vec::with_capacity(site.hosts.len());
         for (j, h) in site.hosts.iter().enumerate() {
             let hkey = format!("{key}.hosts[{j}]");
@@ -97,7 +109,7 @@ pub(crate) fn convert(file: FileConfig, base_dir: &Path) -> Result<Config, RawEr
         if site.default {
             if let Some(prev) = default_site {
                 return err(
-                    None,
+                    Some(site_span),
                     format!("{key}.default"),
                     format!("site[{prev}] is already the default site; only one site may set `default = true`"),
                 );
@@ -106,7 +118,7 @@ pub(crate) fn convert(file: FileConfig, base_dir: &Path) -> Result<Config, RawEr
         }
         if hosts.is_empty() && !site.default {
             return err(
-                None,
+                Some(site_span),
                 format!("{key}.hosts"),
                 "a site needs at least one host name, or `default = true`",
             );
@@ -119,10 +131,11 @@ pub(crate) fn convert(file: FileConfig, base_dir: &Path) -> Result<Config, RawEr
         let mut seen_paths: HashMap<(String, Option<Vec<Method>>), usize> = HashMap::new();
         for (j, route) in site.route.into_iter().enumerate() {
             let rkey = format!("{key}.route[{j}]");
-            let r = convert_route(route, &rkey, &name, &upstream_index, &upstreams)?;
+            let route_span = route.span();
+            let r = convert_route(route, base_dir, &rkey, &name, &upstream_index, &upstreams)?;
             if let Some(prev) = seen_paths.insert((r.path.clone(), r.methods.clone()), j) {
                 return err(
-                    None,
+                    Some(route_span),
                     format!("{rkey}.path"),
                     format!(
                         "route[{prev}] of this site already has path {:?} with the same methods",
@@ -140,11 +153,113 @@ pub(crate) fn convert(file: FileConfig, base_dir: &Path) -> Result<Config, RawEr
         });
     }
 
+    // Release slots: declared ones, plus any slot a route serves.
+    let mut releases: Vec<ReleaseSlot> = Vec::new();
+    for (name, rel) in &file.release {
+        let key = format!("release.{name}");
+        if !valid_slot(name) {
+            return err(at(rel), key, "a release slot name is 1–64 letters, digits, `_` or `-`");
+        }
+        let r = rel.get_ref();
+        let keep = match &r.keep {
+            None => defaults::RELEASE_KEEP,
+            Some(k) => usize::try_from(*k.get_ref())
+                .ok()
+                .filter(|k| (1..=1000).contains(k))
+                .ok_or_else(|| RawError::invalid(Some(k.span().start), format!("{key}.keep"), "expected 1 to 1000"))?,
+        };
+        let max_files = match &r.max_files {
+            None => None,
+            Some(k) => Some(u64::try_from(*k.get_ref()).ok().filter(|k| *k > 0).ok_or_else(|| {
+                RawError::invalid(
+                    Some(k.span().start),
+                    format!("{key}.max_files"),
+                    "expected a positive number",
+                )
+            })?),
+        };
+        releases.push(ReleaseSlot {
+            name: name.clone(),
+            keep,
+            max_size: opt_size(r.max_size.as_ref(), &format!("{key}.max_size"))?,
+            max_upload: opt_size(r.max_upload.as_ref(), &format!("{key}.max_upload"))?,
+            max_files,
+            spa: r.spa.unwrap_or(false),
+        });
+    }
+    for site in &sites {
+        for route in &site.routes {
+            if let Action::Static(st) = &route.action {
+                if let StaticSource::Release(slot) = &st.source {
+                    let declared = file.release.get(slot).and_then(|r| r.get_ref().spa);
+                    match releases.iter_mut().find(|r| &r.name == slot) {
+                        Some(r) => r.spa = declared.unwrap_or(r.spa || st.spa),
+                        None => releases.push(ReleaseSlot {
+                            name: slot.clone(),
+                            keep: defaults::RELEASE_KEEP,
+                            max_size: None,
+                            max_upload: None,
+                            max_files: None,
+                            spa: st.spa,
+                        }),
+                    }
+                }
+            }
+        }
+    }
+
+    let store = Store {
+        url: match &file.store.url {
+            None => defaults::STORE_URL.to_owned(),
+            Some(u) => {
+                let v = u.get_ref();
+                if !(v.starts_with("sqlite:") || v.starts_with("postgres://") || v.starts_with("postgresql://")) {
+                    return err(at(u), "store.url", "expected sqlite://FILE or postgres://USER@HOST/DB");
+                }
+                v.clone()
+            }
+        },
+        max_connections: match &file.store.max_connections {
+            None => defaults::STORE_MAX_CONNECTIONS,
+            Some(m) => u32::try_from(*m.get_ref())
+                .ok()
+                .filter(|m| (1..=1000).contains(m))
+                .ok_or_else(|| {
+                    RawError::invalid(Some(m.span().start), "store.max_connections", "expected 1 to 1000")
+                })?,
+        },
+        connect_timeout: opt_duration(
+            file.store.connect_timeout.as_ref(),
+            "store.connect_timeout",
+            defaults::STORE_CONNECT_TIMEOUT,
+        )?,
+    };
+    let backup = Backup {
+        every: match &file.backup.every {
+            None => None,
+            Some(e) => Some(opt_duration(Some(e), "backup.every", Duration::ZERO)?),
+        },
+        keep: match &file.backup.keep {
+            None => defaults::BACKUP_KEEP,
+            Some(k) => u32::try_from(*k.get_ref())
+                .ok()
+                .filter(|k| (1..=10_000).contains(k))
+                .ok_or_else(|| RawError::invalid(Some(k.span().start), "backup.keep", "expected 1 to 10000"))?,
+        },
+        dir: match &file.backup.dir {
+            Some(d) => resolve_path(base_dir, d),
+            None => server.data_dir.join("backups"),
+        },
+    };
+
     Ok(Config {
         server,
         log,
         sites,
         upstreams,
+        releases,
+        store,
+        backup,
     })
 }
 
@@ -242,6 +357,7 @@ fn log_format(v: Option<&Spanned<String>>, key: &str) -> Result<Option<LogFormat
 
 fn convert_route(
     route: Spanned<file::RouteFile>,
+    base_dir: &Path,
     key: &str,
     site_name: &str,
     upstream_index: &HashMap<String, usize>,
@@ -292,6 +408,9 @@ fn convert_route(
     }
     if r.respond.is_some() {
         actions.push("respond");
+    }
+    if r.static_files.is_some() {
+        actions.push("static");
     }
     let action = match actions.len() {
         0 => {
@@ -363,7 +482,7 @@ fn convert_route(
                         "expected a URL or absolute path usable as a Location header",
                     );
                 }
-                reject_proxy_options(&r.rewrite, r.strip_prefix, r.preserve_host, key, "redirect")?;
+                reject_proxy_options(&span, &r.rewrite, r.strip_prefix, r.preserve_host, key, "redirect")?;
                 Action::Redirect(Redirect {
                     to: to.clone(),
                     status,
@@ -398,12 +517,15 @@ fn convert_route(
                         ct.get_ref().clone()
                     }
                 };
-                reject_proxy_options(&r.rewrite, r.strip_prefix, r.preserve_host, key, "respond")?;
+                reject_proxy_options(&span, &r.rewrite, r.strip_prefix, r.preserve_host, key, "respond")?;
                 Action::Respond(Respond {
                     status,
                     body: resp.body,
                     content_type,
                 })
+            } else if let Some(st) = r.static_files {
+                reject_proxy_options(&span, &r.rewrite, r.strip_prefix, r.preserve_host, key, "static")?;
+                Action::Static(Box::new(convert_static(st, &format!("{key}.static"), base_dir)?))
             } else {
                 return err(Some(span), key, "a route needs one action");
             }
@@ -429,6 +551,7 @@ fn convert_route(
 }
 
 fn reject_proxy_options(
+    route_span: &std::ops::Range<usize>,
     rewrite: &Option<Spanned<String>>,
     strip: bool,
     preserve: bool,
@@ -444,14 +567,14 @@ fn reject_proxy_options(
     }
     if strip {
         return err(
-            None,
+            Some(route_span.clone()),
             format!("{key}.strip_prefix"),
             format!("`strip_prefix` only applies to `upstream` routes, not `{action}`"),
         );
     }
     if preserve {
         return err(
-            None,
+            Some(route_span.clone()),
             format!("{key}.preserve_host"),
             format!("`preserve_host` only applies to `upstream` routes, not `{action}`"),
         );
@@ -531,7 +654,15 @@ fn opt_duration(v: Option<&Spanned<String>>, key: &str, default: Duration) -> Re
 
 fn resolve_path(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
-    if p.is_absolute() { p.to_path_buf() } else { base.join(p) }
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    // Drop `.` components so messages read `conf/data`, not `conf/./data`.
+    let rel: PathBuf = p
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
+    base.join(rel)
 }
 
 /// Parses a listen address: `IP:PORT`, `[IPv6]:PORT` or `:PORT` (all interfaces).
@@ -637,4 +768,123 @@ pub(crate) fn host_pattern(s: &str) -> Result<HostPattern, String> {
         return Err(format!("invalid host name {s:?}"));
     }
     Ok(HostPattern::Exact(lower))
+}
+
+fn valid_slot(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn opt_size(v: Option<&Spanned<String>>, key: &str) -> Result<Option<u64>, RawError> {
+    match v {
+        None => Ok(None),
+        Some(s) => units::size(s.get_ref()).map(Some).or_else(|m| err(at(s), key, m)),
+    }
+}
+
+fn convert_static(st: Spanned<file::StaticFile>, key: &str, base_dir: &Path) -> Result<StaticAction, RawError> {
+    let span = st.span();
+    let f = st.into_inner();
+    let source = match (&f.dir, &f.release) {
+        (Some(d), None) => {
+            if d.get_ref().is_empty() {
+                return err(at(d), format!("{key}.dir"), "expected a directory path");
+            }
+            StaticSource::Dir(resolve_path(base_dir, d.get_ref()))
+        }
+        (None, Some(r)) => {
+            if !valid_slot(r.get_ref()) {
+                return err(
+                    at(r),
+                    format!("{key}.release"),
+                    "a release slot name is 1–64 letters, digits, `_` or `-`",
+                );
+            }
+            StaticSource::Release(r.get_ref().clone())
+        }
+        _ => return err(Some(span), key, "set exactly one of `dir` or `release`"),
+    };
+    let dotfiles = match f.dotfiles.as_ref().map(|d| d.get_ref().as_str()) {
+        None | Some("deny") => Dotfiles::Deny,
+        Some("hide") => Dotfiles::Hide,
+        Some("allow") => Dotfiles::Allow,
+        Some(other) => {
+            return err(
+                f.dotfiles.as_ref().and_then(at),
+                format!("{key}.dotfiles"),
+                format!("unknown policy {other:?}; expected \"deny\", \"hide\" or \"allow\""),
+            );
+        }
+    };
+    let immutable = match &f.immutable {
+        None => Immutable::Fingerprinted,
+        Some(v) => match v.get_ref() {
+            toml::Value::String(s) if s == "fingerprinted" => Immutable::Fingerprinted,
+            toml::Value::String(s) if s == "never" => Immutable::Never,
+            toml::Value::Array(items) => {
+                let mut globs = Vec::with_capacity(items.len());
+                for item in items {
+                    match item.as_str() {
+                        Some(g) if !g.is_empty() => globs.push(g.to_owned()),
+                        _ => return err(at(v), format!("{key}.immutable"), "expected a list of glob strings"),
+                    }
+                }
+                Immutable::Globs(globs)
+            }
+            _ => {
+                return err(
+                    at(v),
+                    format!("{key}.immutable"),
+                    "expected \"fingerprinted\", \"never\" or a list of globs",
+                );
+            }
+        },
+    };
+    if let Some(cc) = &f.cache_control {
+        if http::HeaderValue::from_str(cc.get_ref()).is_err() || cc.get_ref().is_empty() {
+            return err(
+                at(cc),
+                format!("{key}.cache_control"),
+                "expected a Cache-Control value such as \"no-cache\"",
+            );
+        }
+    }
+    if let Some(index) = &f.index {
+        if index.iter().any(|i| i.is_empty() || i.contains('/')) {
+            return err(
+                Some(span),
+                format!("{key}.index"),
+                "index entries are file names without `/`",
+            );
+        }
+    }
+    let max_ranges = match &f.max_ranges {
+        None => None,
+        Some(m) => Some(
+            usize::try_from(*m.get_ref())
+                .ok()
+                .filter(|m| (1..=1000).contains(m))
+                .ok_or_else(|| {
+                    RawError::invalid(Some(m.span().start), format!("{key}.max_ranges"), "expected 1 to 1000")
+                })?,
+        ),
+    };
+    Ok(StaticAction {
+        source,
+        spa: f.spa,
+        index: f.index,
+        not_found_page: f.not_found_page.map(PathBuf::from),
+        listing: f.listing,
+        dotfiles,
+        follow_symlinks: f.follow_symlinks,
+        immutable,
+        cache_control: f.cache_control.map(Spanned::into_inner),
+        precompressed: f.precompressed.unwrap_or(true),
+        compress: f.compress.unwrap_or(true),
+        compress_min_size: opt_size(f.compress_min_size.as_ref(), &format!("{key}.compress_min_size"))?,
+        compress_max_size: opt_size(f.compress_max_size.as_ref(), &format!("{key}.compress_max_size"))?,
+        max_ranges,
+    })
 }

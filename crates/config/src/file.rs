@@ -23,10 +23,101 @@ pub struct FileConfig {
     pub log: LogFile,
     /// Sites, matched by the request's host name, each with its routes.
     #[serde(default)]
-    pub site: Vec<SiteFile>,
+    pub site: Vec<Spanned<SiteFile>>,
     /// Named pools of backend servers that routes proxy to.
     #[serde(default)]
     pub upstream: BTreeMap<String, Spanned<UpstreamFile>>,
+    /// Release slots for static sites: deploy limits and retention.
+    #[serde(default)]
+    pub release: BTreeMap<String, Spanned<ReleaseFile>>,
+    /// Durable storage.
+    #[serde(default)]
+    pub store: StoreFile,
+    /// Scheduled backups.
+    #[serde(default)]
+    pub backup: BackupFile,
+}
+
+/// `[store]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    /// `sqlite://FILE` (relative to data_dir) or `postgres://…`. Default
+    /// `sqlite://gatehouse.db`.
+    pub url: Option<Spanned<String>>,
+    /// Most pooled database connections. Default 10.
+    pub max_connections: Option<Spanned<i64>>,
+    /// Time allowed to open one connection. Default `5s`.
+    pub connect_timeout: Option<Spanned<String>>,
+}
+
+/// `[backup]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupFile {
+    /// Take a backup this often while serving (e.g. `24h`). Default: only on
+    /// `gatehouse backup`.
+    pub every: Option<Spanned<String>>,
+    /// Backups kept. Default 7.
+    pub keep: Option<Spanned<i64>>,
+    /// Where backups go. Default `DATA_DIR/backups`.
+    pub dir: Option<String>,
+}
+
+/// `[release.NAME]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseFile {
+    /// Releases kept after a deploy. Default 5.
+    pub keep: Option<Spanned<i64>>,
+    /// Largest unpacked release, e.g. `"512MiB"`.
+    pub max_size: Option<Spanned<String>>,
+    /// Largest compressed upload.
+    pub max_upload: Option<Spanned<String>>,
+    /// Most files in a release.
+    pub max_files: Option<Spanned<i64>>,
+    /// Refuse releases without `index.html`. Default: true when a route serves
+    /// the slot with `spa = true`.
+    pub spa: Option<bool>,
+}
+
+/// `static = { … }` on a route.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticFile {
+    /// Serve this directory.
+    pub dir: Option<Spanned<String>>,
+    /// Serve the active release of this slot.
+    pub release: Option<Spanned<String>>,
+    /// Single-page app fallback to `index.html`.
+    #[serde(default)]
+    pub spa: bool,
+    /// Index file names. Default `["index.html"]`.
+    pub index: Option<Vec<String>>,
+    /// Page sent with 404, relative to the root.
+    pub not_found_page: Option<String>,
+    /// Directory listings. Default false.
+    #[serde(default)]
+    pub listing: bool,
+    /// `deny` (403), `hide` (404) or `allow`. Default `deny`.
+    pub dotfiles: Option<Spanned<String>>,
+    /// Follow symlinks leading outside the root. Default false.
+    #[serde(default)]
+    pub follow_symlinks: bool,
+    /// `"fingerprinted"`, `"never"` or a list of globs.
+    pub immutable: Option<Spanned<toml::Value>>,
+    /// Cache-Control of files neither fingerprinted nor HTML. Default `no-cache`.
+    pub cache_control: Option<Spanned<String>>,
+    /// Serve `.br`/`.zst`/`.gz` siblings. Default true.
+    pub precompressed: Option<bool>,
+    /// Compress on the fly. Default true.
+    pub compress: Option<bool>,
+    /// Smallest file compressed on the fly. Default `1KiB`.
+    pub compress_min_size: Option<Spanned<String>>,
+    /// Largest file compressed on the fly. Default `4MiB`.
+    pub compress_max_size: Option<Spanned<String>>,
+    /// Most ranges in one request. Default 16.
+    pub max_ranges: Option<Spanned<i64>>,
 }
 
 /// `[server]`
@@ -97,6 +188,9 @@ pub struct RouteFile {
     pub redirect: Option<Spanned<RedirectFile>>,
     /// Answer with a fixed response.
     pub respond: Option<Spanned<RespondFile>>,
+    /// Serve static files from a directory or a release slot.
+    #[serde(rename = "static")]
+    pub static_files: Option<Spanned<StaticFile>>,
 
     /// Remove the route's prefix before proxying (`/api/users` → `/users`).
     #[serde(default)]

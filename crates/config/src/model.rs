@@ -22,6 +22,115 @@ pub struct Config {
     pub sites: Vec<Site>,
     /// Upstream pools; routes refer to them by index.
     pub upstreams: Vec<Upstream>,
+    /// Release slots, by name (every slot a route serves is present).
+    pub releases: Vec<ReleaseSlot>,
+    /// Durable storage.
+    pub store: Store,
+    /// Backups.
+    pub backup: Backup,
+}
+
+/// `[store]`, validated.
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// Database URL (`sqlite://…` relative to data_dir, or `postgres://…`).
+    pub url: String,
+    /// Most pooled connections.
+    pub max_connections: u32,
+    /// Time to open one connection.
+    pub connect_timeout: Duration,
+}
+
+/// `[backup]`, validated.
+#[derive(Debug, Clone)]
+pub struct Backup {
+    /// Interval of scheduled backups; `None` means only on demand.
+    pub every: Option<Duration>,
+    /// Backups kept.
+    pub keep: u32,
+    /// Backup directory.
+    pub dir: PathBuf,
+}
+
+/// A release slot's deploy rules.
+#[derive(Debug, Clone)]
+pub struct ReleaseSlot {
+    /// Slot name.
+    pub name: String,
+    /// Releases kept.
+    pub keep: usize,
+    /// Largest unpacked release in bytes (`None`: the built-in default).
+    pub max_size: Option<u64>,
+    /// Largest upload in bytes.
+    pub max_upload: Option<u64>,
+    /// Most files.
+    pub max_files: Option<u64>,
+    /// Releases must contain `index.html`.
+    pub spa: bool,
+}
+
+/// Where a static route's files come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StaticSource {
+    /// A directory.
+    Dir(PathBuf),
+    /// The active release of a slot.
+    Release(String),
+}
+
+/// What happens to paths with a segment starting with `.`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dotfiles {
+    /// 403.
+    Deny,
+    /// 404.
+    Hide,
+    /// Served.
+    Allow,
+}
+
+/// Which files get the long-lived immutable cache header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Immutable {
+    /// File names carrying a content hash.
+    Fingerprinted,
+    /// None.
+    Never,
+    /// Paths matching these globs.
+    Globs(Vec<String>),
+}
+
+/// A static route, validated. `None` fields take the static server's defaults.
+#[derive(Debug, Clone)]
+pub struct StaticAction {
+    /// Files to serve.
+    pub source: StaticSource,
+    /// Single-page-app fallback.
+    pub spa: bool,
+    /// Index file names.
+    pub index: Option<Vec<String>>,
+    /// Custom 404 page, relative to the root.
+    pub not_found_page: Option<PathBuf>,
+    /// Directory listings.
+    pub listing: bool,
+    /// Dotfile policy.
+    pub dotfiles: Dotfiles,
+    /// Follow symlinks outside the root.
+    pub follow_symlinks: bool,
+    /// Immutable-caching rule.
+    pub immutable: Immutable,
+    /// Cache-Control for other files.
+    pub cache_control: Option<String>,
+    /// Serve precompressed siblings.
+    pub precompressed: bool,
+    /// Compress on the fly.
+    pub compress: bool,
+    /// Smallest file compressed on the fly.
+    pub compress_min_size: Option<u64>,
+    /// Largest file compressed on the fly.
+    pub compress_max_size: Option<u64>,
+    /// Most ranges per request.
+    pub max_ranges: Option<usize>,
 }
 
 /// `[server]`, validated.
@@ -120,6 +229,8 @@ pub enum Action {
     Redirect(Redirect),
     /// Answer with a fixed response.
     Respond(Respond),
+    /// Serve static files.
+    Static(Box<StaticAction>),
 }
 
 /// Proxy settings of a route.

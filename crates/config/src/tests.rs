@@ -56,7 +56,7 @@ hosts = ["app.example.com", "*.example.org"]
 fn valid_config_converts_to_typed_model() {
     let c = ok(BASE);
     assert_eq!(c.server.http, vec!["0.0.0.0:8080".parse().unwrap()]);
-    assert_eq!(c.server.data_dir, Path::new("/etc/gatehouse/./data"));
+    assert_eq!(c.server.data_dir, Path::new("/etc/gatehouse/data"));
     assert_eq!(c.upstreams.len(), 1);
     let up = &c.upstreams[0];
     assert_eq!(up.targets[1].authority.as_str(), "[::1]:8001");
@@ -303,4 +303,107 @@ fn zero_workers_rejected() {
 fn rewrite_and_strip_prefix_conflict() {
     let text = "[upstream.a]\ntargets=[\"127.0.0.1:1\"]\n[[site]]\nhosts=[\"a.com\"]\n[[site.route]]\npath=\"/\"\nupstream=\"a\"\nstrip_prefix=true\nrewrite=\"/x\"\n";
     fails(text, 9, 9, "site[0].route[0].rewrite", "not both");
+}
+
+#[test]
+fn static_routes_and_release_slots() {
+    let text = r#"
+[release.frontend]
+keep = 3
+max_size = "64MiB"
+[[site]]
+hosts = ["a.test"]
+  [[site.route]]
+  path = "/"
+  static = { release = "frontend", spa = true, immutable = ["assets/**"] }
+  [[site.route]]
+  path = "/docs/"
+  static = { dir = "./site", listing = true, dotfiles = "hide" }
+  [[site.route]]
+  path = "/qa/"
+  static = { release = "frontend_qa" }
+"#;
+    let c = ok(text);
+    match &c.sites[0].routes[0].action {
+        Action::Static(st) => {
+            assert_eq!(st.source, StaticSource::Release("frontend".into()));
+            assert!(st.spa);
+            assert_eq!(st.immutable, Immutable::Globs(vec!["assets/**".into()]));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    match &c.sites[0].routes[1].action {
+        Action::Static(st) => {
+            assert_eq!(st.source, StaticSource::Dir("/etc/gatehouse/site".into()));
+            assert_eq!(st.dotfiles, Dotfiles::Hide);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let front = c.releases.iter().find(|r| r.name == "frontend").unwrap();
+    assert_eq!((front.keep, front.max_size, front.spa), (3, Some(64 << 20), true));
+    let qa = c.releases.iter().find(|r| r.name == "frontend_qa").unwrap();
+    assert_eq!((qa.keep, qa.spa), (5, false));
+}
+
+#[test]
+fn static_errors_are_precise() {
+    let base = "[[site]]\nhosts = [\"a.test\"]\n[[site.route]]\npath = \"/\"\n";
+    fails(
+        &format!("{base}static = {{ dir = \"d\", release = \"r\" }}\n"),
+        5,
+        10,
+        "site[0].route[0].static",
+        "exactly one of `dir` or `release`",
+    );
+    fails(
+        &format!("{base}static = {{ dir = \"d\", dotfiles = \"show\" }}\n"),
+        5,
+        34,
+        "site[0].route[0].static.dotfiles",
+        "unknown policy",
+    );
+    fails(
+        &format!("{base}static = {{ release = \"a/b\" }}\n"),
+        5,
+        22,
+        "site[0].route[0].static.release",
+        "release slot name",
+    );
+    fails(
+        &format!("{base}static = {{ dir = \"d\", compress_min_size = \"big\" }}\n"),
+        5,
+        43,
+        "site[0].route[0].static.compress_min_size",
+        "invalid size",
+    );
+    fails(
+        &format!("{base}static = {{ dir = \"d\" }}\nstrip_prefix = true\n"),
+        3,
+        1,
+        "site[0].route[0].strip_prefix",
+        "only applies to `upstream`",
+    );
+}
+
+#[test]
+fn store_and_backup_sections() {
+    let c = ok("[store]\nurl = \"postgres://u@db/app\"\nmax_connections = 20\n[backup]\nevery = \"24h\"\nkeep = 3\n");
+    assert_eq!(c.store.url, "postgres://u@db/app");
+    assert_eq!(c.store.max_connections, 20);
+    assert_eq!(c.backup.every, Some(std::time::Duration::from_secs(86400)));
+    assert_eq!(c.backup.dir, Path::new("/etc/gatehouse/data/backups"));
+    fails(
+        "[store]\nurl = \"mysql://x\"\n",
+        2,
+        7,
+        "store.url",
+        "expected sqlite://FILE or postgres://",
+    );
+    fails(
+        "[backup]\nevery = \"daily\"\n",
+        2,
+        9,
+        "backup.every",
+        "invalid duration",
+    );
 }

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use gatehouse_files::FileBody;
 use gatehouse_observe::{AccessLogSender, AccessRecord};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -64,6 +65,7 @@ pin_project! {
         // `conn` goes back to its pool when `body` has been read to the end.
         Upstream { #[pin] body: Incoming, conn: Option<PooledConn> },
         Full { data: Option<Bytes> },
+        File { #[pin] body: FileBody },
     }
 }
 
@@ -106,6 +108,13 @@ impl ResponseBody {
         }
     }
 
+    pub(crate) fn file(body: FileBody) -> Self {
+        Self {
+            kind: Kind::File { body },
+            log: None,
+        }
+    }
+
     pub(crate) fn empty() -> Self {
         Self {
             kind: Kind::Full { data: None },
@@ -118,11 +127,14 @@ impl ResponseBody {
     }
 }
 
+/// Errors a response body can end with: the upstream connection or file I/O.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let res = match this.kind.project() {
             KindProj::Upstream { mut body, conn } => {
@@ -137,9 +149,10 @@ impl Body for ResponseBody {
                         conn.release();
                     }
                 }
-                res
+                res.map_err(Into::into)
             }
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::File { body } => body.poll_frame(cx).map_err(Into::into),
         };
         if let (Some(log), Poll::Ready(Some(Ok(frame)))) = (this.log.as_mut(), &res) {
             if let Some(data) = frame.data_ref() {
@@ -153,6 +166,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Upstream { body, .. } => body.is_end_stream(),
             Kind::Full { data } => data.is_none(),
+            Kind::File { body } => body.is_end_stream(),
         }
     }
 
@@ -160,6 +174,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Upstream { body, .. } => body.size_hint(),
             Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::File { body } => body.size_hint(),
         }
     }
 }

@@ -42,12 +42,12 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(config: Arc<Config>, access_log: Option<AccessLogSender>) -> Self {
-        Self {
-            router: Router::new(&config),
+    pub(crate) fn new(config: Arc<Config>, access_log: Option<AccessLogSender>) -> Result<Self, crate::EdgeError> {
+        Ok(Self {
+            router: Router::new(&config)?,
             config,
             access_log,
-        }
+        })
     }
 }
 
@@ -277,6 +277,26 @@ impl Worker {
                     resp.headers_mut().insert(header::CONTENT_TYPE, ct);
                 }
                 resp
+            }
+            Action::Static(_) => {
+                let Some(files) = &route.files else {
+                    return local_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "static route not set up",
+                        &ctx.request_id,
+                    );
+                };
+                // The static server sees the path below the route prefix, and
+                // decodes it (exactly once) itself.
+                let rest = route.rest(&path);
+                let mut target = String::with_capacity(rest.len() + 32);
+                target.push_str(if rest.is_empty() { "/" } else { rest });
+                if let Some(q) = req.uri().query() {
+                    target.push('?');
+                    target.push_str(q);
+                }
+                let resp = files.serve(req.method(), &target, req.headers()).await;
+                resp.map(ResponseBody::file)
             }
             _ => local_error(
                 StatusCode::NOT_IMPLEMENTED,

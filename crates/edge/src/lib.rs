@@ -17,6 +17,7 @@ mod pool;
 mod request_id;
 mod router;
 mod server;
+mod statics;
 
 pub use body::{RequestBody, ResponseBody};
 pub use server::{BoundServer, RunningServer, bind};
@@ -35,6 +36,15 @@ pub enum EdgeError {
         /// The OS error.
         #[source]
         source: std::io::Error,
+    },
+    /// A static route could not be set up (missing directory, bad slot).
+    #[error("route {route}: {source}")]
+    Static {
+        /// The route's name.
+        route: String,
+        /// What went wrong.
+        #[source]
+        source: gatehouse_files::FilesError,
     },
     /// A worker thread could not be started.
     #[error("cannot start worker thread: {0}")]

@@ -8,7 +8,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gatehouse_config::{Action, Config, HostPattern};
+use gatehouse_files::{ReleaseStore, StaticService};
 use http::Method;
+
+use crate::statics;
 // Keys come from the config only and the maps never grow at run time, so a
 // flood of hostile host names cannot degrade them; a fast hash is safe here.
 use rustc_hash::FxHashMap as HashMap;
@@ -38,6 +41,8 @@ pub(crate) struct CompiledRoute {
     pub(crate) action: Action,
     /// Pre-built body of a `respond` action.
     pub(crate) respond_body: Bytes,
+    /// The static server of a `static` action.
+    pub(crate) files: Option<StaticService>,
 }
 
 /// Outcome of matching a request.
@@ -72,7 +77,8 @@ impl CompiledRoute {
 }
 
 impl Router {
-    pub(crate) fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config) -> Result<Self, crate::EdgeError> {
+        let mut releases: Option<ReleaseStore> = None;
         let mut exact = HashMap::default();
         let mut wildcard = HashMap::default();
         let mut default = None;
@@ -87,10 +93,18 @@ impl Router {
             if site.default {
                 default = Some(i);
             }
-            let mut routes: Vec<CompiledRoute> = site
-                .routes
-                .iter()
-                .map(|r| CompiledRoute {
+            let mut routes: Vec<CompiledRoute> = Vec::with_capacity(site.routes.len());
+            for r in &site.routes {
+                let files = match &r.action {
+                    Action::Static(st) => Some(statics::build(st, &mut releases, &config.server.data_dir).map_err(
+                        |source| crate::EdgeError::Static {
+                            route: r.name.clone(),
+                            source,
+                        },
+                    )?),
+                    _ => None,
+                };
+                routes.push(CompiledRoute {
                     prefix: r.path.trim_end_matches('/').into(),
                     methods: r.methods.clone(),
                     name: r.name.as_str().into(),
@@ -98,20 +112,21 @@ impl Router {
                         Action::Respond(resp) => Bytes::from(resp.body.clone()),
                         _ => Bytes::new(),
                     },
+                    files,
                     action: r.action.clone(),
-                })
-                .collect();
+                });
+            }
             // Stable sort: among equal prefixes, file order decides (method-specific
             // routes written first win over catch-alls).
             routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
             sites.push(SiteRoutes { routes });
         }
-        Self {
+        Ok(Self {
             exact,
             wildcard,
             default,
             sites,
-        }
+        })
     }
 
     /// Finds the site for a normalised (lower-case, port-less) host.
@@ -197,7 +212,7 @@ mod tests {
 
     fn router(toml: &str) -> Router {
         let cfg = gatehouse_config::parse_with_env(toml, std::path::Path::new("t.toml"), &|_| None).unwrap();
-        Router::new(&cfg)
+        Router::new(&cfg).unwrap()
     }
 
     fn name<'a>(m: Match<'a>) -> &'a str {

@@ -104,7 +104,7 @@ impl BoundServer {
 
     /// Starts the worker threads.
     pub fn start(self) -> Result<RunningServer, EdgeError> {
-        let shared = Arc::new(Shared::new(self.config.clone(), self.access_log));
+        let shared = Arc::new(Shared::new(self.config.clone(), self.access_log)?);
         let (tx, rx) = watch::channel(false);
         let deadline = self.config.server.shutdown_timeout;
         let mut threads = Vec::with_capacity(self.sockets.len());

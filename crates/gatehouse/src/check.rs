@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use gatehouse_config::{Action, Config, HostPattern};
+use gatehouse_config::{Action, Config, HostPattern, StaticSource};
 
 pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
     let config = gatehouse_config::load(path)?;
@@ -61,6 +61,13 @@ pub(crate) fn summary(c: &Config) -> String {
                     if rd.keep_path { " (+path)" } else { "" }
                 ),
                 Action::Respond(rs) => format!("respond {}", rs.status.as_u16()),
+                Action::Static(st) => {
+                    let source = match &st.source {
+                        StaticSource::Dir(d) => format!("dir {}", d.display()),
+                        StaticSource::Release(slot) => format!("release slot {slot}"),
+                    };
+                    format!("static {source}{}", if st.spa { " (spa)" } else { "" })
+                }
                 _ => "other".into(),
             };
             let _ = writeln!(out, "  route {:<24} {:<12} {action}", r.path, methods);
@@ -77,5 +84,42 @@ pub(crate) fn summary(c: &Config) -> String {
             up.response_timeout
         );
     }
+    for r in &c.releases {
+        let _ = writeln!(
+            out,
+            "release slot {}: keep {}{}",
+            r.name,
+            r.keep,
+            if r.spa { ", index.html required" } else { "" }
+        );
+    }
+    let _ = writeln!(out, "store: {}", redact_url(&c.store.url));
+    match c.backup.every {
+        Some(every) => {
+            let _ = writeln!(
+                out,
+                "backups: every {every:?}, keep {}, in {}",
+                c.backup.keep,
+                c.backup.dir.display()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "backups: on demand (`gatehouse backup`), keep {}", c.backup.keep);
+        }
+    }
     out
+}
+
+/// Hides a password in a database URL (`postgres://user:***@host/db`).
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }

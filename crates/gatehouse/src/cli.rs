@@ -22,6 +22,58 @@ pub(crate) enum Command {
     Check(ConfigArg),
     /// Write a commented starter config.
     Init(InitArgs),
+    /// Deploy a built static site (e.g. a Vite `dist/`) as a new release of a slot.
+    Deploy(DeployArgs),
+    /// List the releases of a slot (`*` marks the active one).
+    Releases(SlotArgs),
+    /// Switch a slot back to the previous release, or to a given one.
+    Rollback(RollbackArgs),
+    /// Apply database migrations and exit.
+    Migrate(ConfigArg),
+    /// Take a backup now (database snapshot plus data directory).
+    Backup(ConfigArg),
+    /// Verify a backup and restore it into the data directory.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DeployArgs {
+    /// The directory to publish.
+    pub(crate) dir: PathBuf,
+    /// The release slot, as named by a route's `static = { release = "…" }`.
+    #[arg(long = "release", short = 'r')]
+    pub(crate) slot: String,
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SlotArgs {
+    /// The release slot.
+    pub(crate) slot: String,
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RollbackArgs {
+    /// The release slot.
+    pub(crate) slot: String,
+    /// Release id (or a unique prefix); default: the previous release.
+    pub(crate) id: Option<String>,
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RestoreArgs {
+    /// The backup archive.
+    pub(crate) archive: PathBuf,
+    /// Restore even if a server seems to be running on this data directory.
+    #[arg(long)]
+    pub(crate) force: bool,
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
 }
 
 #[derive(Debug, Args)]

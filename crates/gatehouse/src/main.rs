@@ -4,7 +4,9 @@
 mod check;
 mod cli;
 mod init;
+mod releases;
 mod serve;
+mod storage;
 
 use std::process::ExitCode;
 
@@ -21,6 +23,12 @@ fn main() -> ExitCode {
         cli::Command::Serve(args) => serve::run(&args.config),
         cli::Command::Check(args) => check::run(&args.config),
         cli::Command::Init(args) => init::run(&args.path, args.force),
+        cli::Command::Deploy(args) => releases::deploy(&args.config.config, &args.dir, &args.slot),
+        cli::Command::Releases(args) => releases::list(&args.config.config, &args.slot),
+        cli::Command::Rollback(args) => releases::rollback(&args.config.config, &args.slot, args.id.as_deref()),
+        cli::Command::Migrate(args) => storage::migrate(&args.config),
+        cli::Command::Backup(args) => storage::backup(&args.config),
+        cli::Command::Restore(args) => storage::restore(&args.config.config, &args.archive, args.force),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,10 +6,16 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use gatehouse_observe::AccessLog;
+use gatehouse_store::Store;
+use gatehouse_store::backup::{self, BackupStatus, DataDirLock};
 
 pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
     let config = Arc::new(gatehouse_config::load(path)?);
     gatehouse_observe::init_tracing(&config.log.level, config.log.format)?;
+    let data_dir = &config.server.data_dir;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+    // Held until exit: `gatehouse restore` refuses to overwrite a live data_dir.
+    let _data_dir_lock = DataDirLock::acquire(data_dir)?;
     let access_log = AccessLog::start(&config.log.access_log, config.log.access_log_format)?;
     let bound = gatehouse_edge::bind(config.clone(), access_log.as_ref().and_then(AccessLog::sender))?;
     for addr in bound.local_addrs() {
@@ -26,6 +32,13 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
         .build()
         .context("cannot start the control runtime")?;
     runtime.block_on(async {
+        // The store connects and migrates in the background; a database that is
+        // down is retried with backoff and does not stop the proxy.
+        let store = Store::open(crate::storage::store_options(&config))?;
+        let _backups = config.backup.every.map(|every| {
+            let status = BackupStatus::new();
+            backup::run_schedule(store.clone(), crate::storage::backup_options(&config), every, status)
+        });
         let signal = wait_for_signal().await?;
         tracing::info!(%signal, deadline = ?config.server.shutdown_timeout, "Shutting down gracefully.");
         server.shutdown();

@@ -98,6 +98,20 @@ fn check_prints_a_summary_of_a_valid_file() {
 }
 
 #[test]
+fn check_never_prints_a_database_password() {
+    let dir = TempDir::new("gh-check-secret");
+    let path = write(
+        &dir,
+        "db.toml",
+        "[store]\nurl = \"postgres://app:${GH_TEST_DB_PW:-hunter2}@db.internal/app\"\n",
+    );
+    let (code, stdout, stderr) = gatehouse(&["check", "-c", &path]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("store: postgres://app:***@db.internal/app"), "{stdout}");
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+}
+
+#[test]
 fn config_path_comes_from_the_environment() {
     let dir = TempDir::new("gh-env");
     let path = write(&dir, "env.toml", "[server]\nworkers = 0\n");
@@ -132,6 +146,7 @@ fn quickstart_example_is_valid() {
     let (code, stdout, stderr) = gatehouse(&["check", "-c", &example.display().to_string()]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("upstream demo"), "{stdout}");
+    assert!(stdout.contains("static dir"), "{stdout}");
 }
 
 #[test]

@@ -1,0 +1,214 @@
+//! Static hosting through the edge, and the operations commands (deploy,
+//! releases, rollback, backup, restore, migrate) against a running server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use gatehouse_testkit::Gatehouse;
+use gatehouse_testkit::client::get;
+use gatehouse_testkit::process::{Process, TempDir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write_site(dir: &Path, marker: &str) {
+    std::fs::create_dir_all(dir.join("assets")).unwrap();
+    std::fs::write(dir.join("index.html"), format!("<h1>{marker}</h1>")).unwrap();
+    std::fs::write(dir.join("assets/app-BxK3f9aQ.js"), format!("console.log('{marker}')")).unwrap();
+}
+
+#[tokio::test]
+async fn static_directory_route_serves_an_spa() {
+    let dir = TempDir::new("gh-static");
+    write_site(&dir.0, "dist");
+    let gh = Gatehouse::start(&format!(
+        "[[site]]\nhosts = [\"app.test\"]\n[[site.route]]\npath = \"/\"\nstatic = {{ dir = \"{}\", spa = true }}\n\
+         [[site.route]]\npath = \"/api/\"\nrespond = {{ body = \"api\" }}\n",
+        dir.0.display()
+    ));
+    let h = [("host", "app.test")];
+    let r = get(&gh.url("/"), &h).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "<h1>dist</h1>"));
+    assert_eq!(r.header("cache-control"), "no-cache");
+    assert_eq!(r.header("content-type"), "text/html; charset=utf-8");
+    // Client-side routes fall back to index.html; missing assets do not.
+    let r = get(&gh.url("/users/42"), &h).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "<h1>dist</h1>"));
+    assert_eq!(get(&gh.url("/assets/missing-AAAAAAAA.js"), &h).await.status, 404);
+    let r = get(&gh.url("/assets/app-BxK3f9aQ.js"), &h).await;
+    assert_eq!(r.header("cache-control"), "public, max-age=31536000, immutable");
+    let etag = r.header("etag").to_owned();
+    let r = get(
+        &gh.url("/assets/app-BxK3f9aQ.js"),
+        &[("host", "app.test"), ("if-none-match", &etag)],
+    )
+    .await;
+    assert_eq!(r.status, 304);
+    let r = get(
+        &gh.url("/assets/app-BxK3f9aQ.js"),
+        &[("host", "app.test"), ("range", "bytes=0-6")],
+    )
+    .await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (206, "console"));
+    // Traversal is contained by both the edge and the static server.
+    assert_eq!(get(&gh.url("/../../etc/passwd"), &h).await.status, 400);
+    assert_eq!(get(&gh.url("/%2e%2e/%2e%2e/etc/passwd"), &h).await.status, 400);
+    let r = get(&gh.url("/assets/..%2f..%2fetc%2fpasswd"), &h).await;
+    assert!(r.status.is_client_error(), "{}", r.status);
+    // Longer prefixes still win over the static root.
+    assert_eq!(get(&gh.url("/api/x"), &h).await.text(), "api");
+    // Every static response is logged.
+    gh.wait_for_log_line("/users/42").await;
+}
+
+fn wait_for_body(url: &str, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    loop {
+        let body = rt.block_on(get(url, &[])).text();
+        if body == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} still serves {body:?}, expected {expected:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn deploy_list_and_rollback_switch_a_running_server() {
+    let dir = TempDir::new("gh-deploy");
+    let (v1, v2) = (dir.0.join("v1"), dir.0.join("v2"));
+    write_site(&v1, "v1");
+    write_site(&v2, "v2");
+    let toml = format!(
+        "[server]\nhttp = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n[log]\naccess_log = \"off\"\n\
+         [release.frontend]\nkeep = 2\n\
+         [[site]]\ndefault = true\n[[site.route]]\npath = \"/\"\nstatic = {{ release = \"frontend\", spa = true }}\n",
+        dir.0.join("data").display()
+    );
+    let cfg = dir.0.join("gatehouse.toml");
+    std::fs::write(&cfg, &toml).unwrap();
+    let cfg = cfg.display().to_string();
+
+    let (code, out, err) = run(&["deploy", &v1.display().to_string(), "--release", "frontend", "-c", &cfg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("to frontend: 2 files"), "{out}");
+    let gh = Process::serve(Path::new(BIN), &toml);
+    let url = format!("http://{}/", gh.addr);
+    wait_for_body(&url, "<h1>v1</h1>");
+
+    let (code, _, err) = run(&["deploy", &v2.display().to_string(), "--release", "frontend", "-c", &cfg]);
+    assert_eq!(code, 0, "{err}");
+    wait_for_body(&url, "<h1>v2</h1>");
+
+    let (code, out, _) = run(&["releases", "frontend", "-c", &cfg]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with('*'), "newest release is active: {out}");
+
+    let (code, out, err) = run(&["rollback", "frontend", "-c", &cfg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("frontend now serves"), "{out}");
+    wait_for_body(&url, "<h1>v1</h1>");
+
+    // A release without index.html is refused for an SPA slot, and nothing changes.
+    let empty = dir.0.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::write(empty.join("readme.txt"), "x").unwrap();
+    let (code, _, err) = run(&[
+        "deploy",
+        &empty.display().to_string(),
+        "--release",
+        "frontend",
+        "-c",
+        &cfg,
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("index.html"), "{err}");
+    wait_for_body(&url, "<h1>v1</h1>");
+    let (_, out, _) = run(&["releases", "frontend", "-c", &cfg]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+}
+
+#[test]
+fn backup_and_restore_round_trip() {
+    let dir = TempDir::new("gh-backup");
+    let data = dir.0.join("data");
+    let site = dir.0.join("site");
+    write_site(&site, "backed-up");
+    let toml = format!(
+        "[server]\nhttp = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n[log]\naccess_log = \"off\"\n[backup]\nkeep = 2\n\
+         [[site]]\ndefault = true\n[[site.route]]\npath = \"/\"\nstatic = {{ release = \"frontend\", spa = true }}\n",
+        data.display()
+    );
+    let cfg = dir.0.join("gatehouse.toml");
+    std::fs::write(&cfg, &toml).unwrap();
+    let cfg = cfg.display().to_string();
+
+    let (code, out, err) = run(&["migrate", "-c", &cfg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("applied migration") || out.contains("up to date"), "{out}");
+    assert_eq!(
+        run(&["deploy", &site.display().to_string(), "-r", "frontend", "-c", &cfg]).0,
+        0
+    );
+
+    let mut gh = Process::serve(Path::new(BIN), &toml);
+    let (code, out, err) = run(&["backup", "-c", &cfg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("backup written:"), "{out}");
+    let archive = std::fs::read_dir(data.join("backups"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "gz"))
+        .expect("an archive");
+    let archive = archive.display().to_string();
+
+    // Refused while the server holds the data directory.
+    let (code, _, err) = run(&["restore", &archive, "-c", &cfg]);
+    assert_eq!(code, 1);
+    assert!(err.contains("in use by a running gatehouse"), "{err}");
+
+    gh.signal("TERM");
+    assert_eq!(gh.wait_exit(Duration::from_secs(10)), Some(0));
+    // Lose the releases, then restore them.
+    std::fs::remove_dir_all(data.join("releases")).unwrap();
+    let (code, out, err) = run(&["restore", &archive, "-c", &cfg]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("files verified"), "{out}");
+    let gh = Process::serve(Path::new(BIN), &toml);
+    wait_for_body(&format!("http://{}/", gh.addr), "<h1>backed-up</h1>");
+
+    // A corrupted archive is refused and nothing is touched.
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    let bad = dir.0.join("bad.tar.gz");
+    std::fs::write(&bad, &bytes).unwrap();
+    drop(gh);
+    let (code, _, err) = run(&["restore", &bad.display().to_string(), "--force", "-c", &cfg]);
+    assert_eq!(code, 1);
+    assert!(
+        err.to_lowercase().contains("checksum") || err.contains("corrupt"),
+        "{err}"
+    );
+    assert!(data.join("releases").exists());
+}
