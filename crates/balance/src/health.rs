@@ -94,8 +94,11 @@ impl Health {
     /// The current state.
     pub fn state(&self) -> HealthState {
         if !self.active_up.load(Ordering::Relaxed) {
-            HealthState::Down
-        } else if self.ejected_until_ms.load(Ordering::Relaxed) > self.now_ms() {
+            return HealthState::Down;
+        }
+        // Read the clock only for targets that were ever ejected.
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        if until != 0 && until > self.now_ms() {
             HealthState::Ejected
         } else {
             HealthState::Up

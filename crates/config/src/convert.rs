@@ -47,6 +47,24 @@ pub(crate) mod defaults {
     /// instances on one PostgreSQL stay well under its default 100 connections.
     pub(crate) const STORE_MAX_CONNECTIONS: u32 = 10;
     pub(crate) const STORE_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Frequent enough to notice a dead target within seconds, rare enough to be
+    /// negligible load on the backend.
+    pub(crate) const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+    pub(crate) const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+    /// Two passes before trusting a target again avoids flapping; three misses
+    /// before giving up tolerates one slow check.
+    pub(crate) const HEALTH_RISE: u32 = 2;
+    pub(crate) const HEALTH_FALL: u32 = 3;
+    /// Envoy's consecutive-5xx default: one bad response is noise, five in a row
+    /// is a sick target.
+    pub(crate) const PASSIVE_FAILURES: u32 = 5;
+    pub(crate) const PASSIVE_COOLDOWN: Duration = Duration::from_secs(10);
+    pub(crate) const PASSIVE_MAX_COOLDOWN: Duration = Duration::from_secs(300);
+    /// One retry hides a dead target from clients without doubling load.
+    pub(crate) const RETRY_ATTEMPTS: u32 = 2;
+    /// At most 20% extra load from retries (the common service-mesh default).
+    pub(crate) const RETRY_BUDGET: f64 = 0.2;
+    pub(crate) const STICKY_COOKIE: &str = "gatehouse_sticky";
     /// A week of daily backups.
     pub(crate) const BACKUP_KEEP: u32 = 7;
     /// Enough to roll back a few deploys without filling the disk.
@@ -594,13 +612,26 @@ fn convert_upstream(name: String, up: Spanned<file::UpstreamFile>, key: &str) ->
     }
     let mut targets = Vec::with_capacity(u.targets.len());
     for (i, t) in u.targets.iter().enumerate() {
-        let target = parse_target(t.get_ref()).or_else(|m| err(at(t), format!("{key}.targets[{i}]"), m))?;
-        if targets.contains(&target) {
-            return err(
-                at(t),
-                format!("{key}.targets[{i}]"),
-                format!("target {} is listed twice", target.authority),
-            );
+        let tkey = format!("{key}.targets[{i}]");
+        let (addr, weight) = match t.get_ref() {
+            file::TargetFile::Addr(a) => (a.as_str(), 1),
+            file::TargetFile::Weighted { addr, weight } => {
+                let w = match weight {
+                    None => 1,
+                    Some(w) => u32::try_from(*w)
+                        .ok()
+                        .filter(|w| (1..=1000).contains(w))
+                        .ok_or_else(|| {
+                            RawError::invalid(Some(t.span().start), format!("{tkey}.weight"), "a weight is 1 to 1000")
+                        })?,
+                };
+                (addr.as_str(), w)
+            }
+        };
+        let mut target = parse_target(addr).or_else(|m| err(at(t), &tkey, m))?;
+        target.weight = weight;
+        if targets.iter().any(|x: &Target| x.authority == target.authority) {
+            return err(at(t), tkey, format!("target {} is listed twice", target.authority));
         }
         targets.push(target);
     }
@@ -616,6 +647,218 @@ fn convert_upstream(name: String, up: Spanned<file::UpstreamFile>, key: &str) ->
                     "expected a number from 0 to 100000",
                 )
             })?,
+    };
+    let balance = match u.balance.as_ref().map(|b| b.get_ref().as_str()) {
+        None | Some("round_robin") => Balance::RoundRobin,
+        Some("least_conn") => Balance::LeastConn,
+        Some("p2c") => Balance::P2c,
+        Some("ip_hash") => Balance::IpHash,
+        Some("header_hash") => {
+            let Some(h) = &u.hash_header else {
+                return err(
+                    u.balance.as_ref().and_then(at),
+                    format!("{key}.hash_header"),
+                    "balance = \"header_hash\" needs `hash_header`, the header to hash (e.g. \"X-User-Id\")",
+                );
+            };
+            let name = http::HeaderName::from_bytes(h.get_ref().as_bytes())
+                .or_else(|_| err(at(h), format!("{key}.hash_header"), "expected a header name"))?;
+            Balance::HeaderHash(name)
+        }
+        Some("cookie") => {
+            let (name, secret) = match &u.cookie {
+                None => (defaults::STICKY_COOKIE.to_owned(), None),
+                Some(c) => {
+                    let c = c.get_ref();
+                    let name = c.name.clone().unwrap_or_else(|| defaults::STICKY_COOKIE.to_owned());
+                    if name.is_empty()
+                        || !name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                    {
+                        return err(
+                            Some(span),
+                            format!("{key}.cookie.name"),
+                            "a cookie name is letters, digits, `_` and `-`",
+                        );
+                    }
+                    let secret = match &c.secret {
+                        Some(s) if s.get_ref().len() < 16 => {
+                            return err(
+                                at(s),
+                                format!("{key}.cookie.secret"),
+                                "the secret needs at least 16 characters",
+                            );
+                        }
+                        Some(s) => Some(s.get_ref().clone()),
+                        None => None,
+                    };
+                    (name, secret)
+                }
+            };
+            Balance::Cookie { name, secret }
+        }
+        Some(other) => {
+            return err(
+                u.balance.as_ref().and_then(at),
+                format!("{key}.balance"),
+                format!(
+                    "unknown policy {other:?}; expected round_robin, least_conn, p2c, ip_hash, header_hash or cookie"
+                ),
+            );
+        }
+    };
+    if u.hash_header.is_some() && !matches!(balance, Balance::HeaderHash(_)) {
+        return err(
+            u.hash_header.as_ref().and_then(at),
+            format!("{key}.hash_header"),
+            "`hash_header` only applies to balance = \"header_hash\"",
+        );
+    }
+    if u.cookie.is_some() && !matches!(balance, Balance::Cookie { .. }) {
+        return err(
+            u.cookie.as_ref().and_then(at),
+            format!("{key}.cookie"),
+            "`cookie` only applies to balance = \"cookie\"",
+        );
+    }
+    let health = match &u.health {
+        None => None,
+        Some(h) => {
+            let hkey = format!("{key}.health");
+            let hv = h.get_ref();
+            if !hv.path.get_ref().starts_with('/') {
+                return err(
+                    at(&hv.path),
+                    format!("{hkey}.path"),
+                    "a health-check path starts with `/`",
+                );
+            }
+            let count = |v: &Option<Spanned<i64>>, name: &str, default: u32| -> Result<u32, RawError> {
+                match v {
+                    None => Ok(default),
+                    Some(n) => u32::try_from(*n.get_ref())
+                        .ok()
+                        .filter(|n| (1..=100).contains(n))
+                        .ok_or_else(|| {
+                            RawError::invalid(Some(n.span().start), format!("{hkey}.{name}"), "expected 1 to 100")
+                        }),
+                }
+            };
+            let status = match &hv.status {
+                None => (200, 399),
+                Some(st) => parse_status_range(st.get_ref()).ok_or_else(|| {
+                    RawError::invalid(
+                        Some(st.span().start),
+                        format!("{hkey}.status"),
+                        "expected a status or range such as \"200-399\" or \"204\"",
+                    )
+                })?,
+            };
+            Some(HealthCheck {
+                path: hv.path.get_ref().clone(),
+                interval: opt_duration(
+                    hv.interval.as_ref(),
+                    &format!("{hkey}.interval"),
+                    defaults::HEALTH_INTERVAL,
+                )?,
+                timeout: opt_duration(
+                    hv.timeout.as_ref(),
+                    &format!("{hkey}.timeout"),
+                    defaults::HEALTH_TIMEOUT,
+                )?,
+                rise: count(&hv.rise, "rise", defaults::HEALTH_RISE)?,
+                fall: count(&hv.fall, "fall", defaults::HEALTH_FALL)?,
+                status,
+                wait_healthy: hv.wait_healthy.unwrap_or(true),
+            })
+        }
+    };
+    let passive = match &u.passive {
+        None => Passive {
+            failures: defaults::PASSIVE_FAILURES,
+            cooldown: defaults::PASSIVE_COOLDOWN,
+            max_cooldown: defaults::PASSIVE_MAX_COOLDOWN,
+        },
+        Some(p) => {
+            let pv = p.get_ref();
+            let pkey = format!("{key}.passive");
+            let failures = match &pv.failures {
+                None => defaults::PASSIVE_FAILURES,
+                Some(f) => u32::try_from(*f.get_ref()).ok().filter(|f| *f <= 1000).ok_or_else(|| {
+                    RawError::invalid(Some(f.span().start), format!("{pkey}.failures"), "expected 0 to 1000")
+                })?,
+            };
+            let cooldown = opt_duration(
+                pv.cooldown.as_ref(),
+                &format!("{pkey}.cooldown"),
+                defaults::PASSIVE_COOLDOWN,
+            )?;
+            let max_cooldown = opt_duration(
+                pv.max_cooldown.as_ref(),
+                &format!("{pkey}.max_cooldown"),
+                defaults::PASSIVE_MAX_COOLDOWN.max(cooldown),
+            )?;
+            if max_cooldown < cooldown {
+                return err(
+                    Some(p.span()),
+                    format!("{pkey}.max_cooldown"),
+                    "max_cooldown must not be shorter than cooldown",
+                );
+            }
+            Passive {
+                failures,
+                cooldown,
+                max_cooldown,
+            }
+        }
+    };
+    let retries = match &u.retries {
+        None => Retries {
+            attempts: defaults::RETRY_ATTEMPTS,
+            on_status: Vec::new(),
+            budget: defaults::RETRY_BUDGET,
+        },
+        Some(r) => {
+            let rv = r.get_ref();
+            let rkey = format!("{key}.retries");
+            let attempts = match &rv.attempts {
+                None => defaults::RETRY_ATTEMPTS,
+                Some(a) => u32::try_from(*a.get_ref())
+                    .ok()
+                    .filter(|a| (1..=10).contains(a))
+                    .ok_or_else(|| {
+                        RawError::invalid(
+                            Some(a.span().start),
+                            format!("{rkey}.attempts"),
+                            "expected 1 (no retries) to 10",
+                        )
+                    })?,
+            };
+            let mut on_status = Vec::new();
+            for (i, st) in rv.on_status.iter().flatten().enumerate() {
+                match u16::try_from(*st.get_ref()) {
+                    Ok(code) if (500..=599).contains(&code) => on_status.push(code),
+                    _ => {
+                        return err(
+                            at(st),
+                            format!("{rkey}.on_status[{i}]"),
+                            "only 5xx statuses can be retried",
+                        );
+                    }
+                }
+            }
+            let budget = match &rv.budget {
+                None => defaults::RETRY_BUDGET,
+                Some(b) if (0.0..=1.0).contains(b.get_ref()) => *b.get_ref(),
+                Some(b) => return err(at(b), format!("{rkey}.budget"), "expected a fraction from 0.0 to 1.0"),
+            };
+            Retries {
+                attempts,
+                on_status,
+                budget,
+            }
+        }
     };
     Ok(Upstream {
         name,
@@ -636,7 +879,22 @@ fn convert_upstream(name: String, up: Spanned<file::UpstreamFile>, key: &str) ->
             defaults::IDLE_TIMEOUT,
         )?,
         keepalive,
+        balance,
+        health,
+        passive,
+        retries,
     })
+}
+
+fn parse_status_range(s: &str) -> Option<(u16, u16)> {
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (a.trim().parse().ok()?, b.trim().parse().ok()?),
+        None => {
+            let c = s.trim().parse().ok()?;
+            (c, c)
+        }
+    };
+    ((100..=599).contains(&a) && (100..=599).contains(&b) && a <= b).then_some((a, b))
 }
 
 fn opt_duration(v: Option<&Spanned<String>>, key: &str, default: Duration) -> Result<Duration, RawError> {
@@ -718,7 +976,12 @@ fn parse_target(s: &str) -> Result<Target, String> {
         format!("{host}:{port}")
     };
     let authority = authority_str.parse().map_err(|_| hint())?;
-    Ok(Target { host, port, authority })
+    Ok(Target {
+        host,
+        port,
+        authority,
+        weight: 1,
+    })
 }
 
 fn valid_hostname(h: &str) -> bool {

@@ -233,8 +233,20 @@ pub struct RespondFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamFile {
-    /// Backend addresses as `host:port` (`127.0.0.1:8000`, `api.internal:80`).
-    pub targets: Vec<Spanned<String>>,
+    /// Backends: `"host:port"` or `{ addr = "host:port", weight = 3 }`.
+    pub targets: Vec<Spanned<TargetFile>>,
+    /// `round_robin` (default), `least_conn`, `p2c`, `ip_hash`, `header_hash` or `cookie`.
+    pub balance: Option<Spanned<String>>,
+    /// The header hashed by `balance = "header_hash"`.
+    pub hash_header: Option<Spanned<String>>,
+    /// Sticky-cookie settings for `balance = "cookie"`.
+    pub cookie: Option<Spanned<CookieFile>>,
+    /// Active health checks.
+    pub health: Option<Spanned<HealthFile>>,
+    /// Passive health: ejection after consecutive failures.
+    pub passive: Option<Spanned<PassiveFile>>,
+    /// Retries on another target.
+    pub retries: Option<Spanned<RetriesFile>>,
     /// Time to establish a TCP connection to a target. Default `5s`.
     pub connect_timeout: Option<Spanned<String>>,
     /// Time from sending the request to receiving the response headers. Default `60s`.
@@ -243,6 +255,78 @@ pub struct UpstreamFile {
     pub idle_timeout: Option<Spanned<String>>,
     /// Idle keep-alive connections kept per target and worker. Default 64.
     pub keepalive: Option<Spanned<i64>>,
+}
+
+/// A target: an address, or an address with a weight.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum TargetFile {
+    /// `"host:port"`
+    Addr(String),
+    /// `{ addr = "host:port", weight = 3 }`
+    Weighted {
+        /// `host:port`
+        addr: String,
+        /// Relative share, 1–1000. Default 1.
+        weight: Option<i64>,
+    },
+}
+
+/// `cookie = { name = "…", secret = "…" }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CookieFile {
+    /// Cookie name. Default `gatehouse_sticky`.
+    pub name: Option<String>,
+    /// Key signing the cookie (at least 16 characters); use `${VAR}`. Default: a
+    /// random key per process (stickiness then resets on restart).
+    pub secret: Option<Spanned<String>>,
+}
+
+/// `health = { path = "/healthz", interval = "5s", … }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    /// Path requested with GET.
+    pub path: Spanned<String>,
+    /// Time between checks. Default `5s`.
+    pub interval: Option<Spanned<String>>,
+    /// Time allowed per check. Default `2s`.
+    pub timeout: Option<Spanned<String>>,
+    /// Consecutive successes that make a target healthy. Default 2.
+    pub rise: Option<Spanned<i64>>,
+    /// Consecutive failures that make a target unhealthy. Default 3.
+    pub fall: Option<Spanned<i64>>,
+    /// Healthy status range, `"200-399"` (default) or one code `"204"`.
+    pub status: Option<Spanned<String>>,
+    /// New targets get traffic only after passing checks. Default true.
+    pub wait_healthy: Option<bool>,
+}
+
+/// `passive = { failures = 5, cooldown = "10s", max_cooldown = "5m" }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveFile {
+    /// Consecutive connect errors or 5xx answers that eject a target; 0 turns
+    /// passive checks off. Default 5.
+    pub failures: Option<Spanned<i64>>,
+    /// First ejection; it doubles with each consecutive ejection. Default `10s`.
+    pub cooldown: Option<Spanned<String>>,
+    /// Longest ejection. Default `5m`.
+    pub max_cooldown: Option<Spanned<String>>,
+}
+
+/// `retries = { attempts = 2, on_status = [502, 503, 504], budget = 0.2 }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetriesFile {
+    /// Tries per request, the first included (1 = no retries). Default 2.
+    pub attempts: Option<Spanned<i64>>,
+    /// Upstream statuses retried for idempotent requests without a body.
+    /// Default: none.
+    pub on_status: Option<Vec<Spanned<i64>>>,
+    /// Retries allowed as a fraction of requests. Default 0.2.
+    pub budget: Option<Spanned<f64>>,
 }
 
 impl FileConfig {

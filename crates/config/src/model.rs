@@ -282,6 +282,91 @@ pub struct Upstream {
     pub idle_timeout: Duration,
     /// Idle connections kept per target per worker.
     pub keepalive: usize,
+    /// Balancing policy.
+    pub balance: Balance,
+    /// Active health checks.
+    pub health: Option<HealthCheck>,
+    /// Passive health checks.
+    pub passive: Passive,
+    /// Retry rules.
+    pub retries: Retries,
+}
+
+/// How an upstream spreads requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balance {
+    /// Weighted round robin.
+    RoundRobin,
+    /// Fewest in-flight requests.
+    LeastConn,
+    /// Power of two choices.
+    P2c,
+    /// Consistent hashing on the client IP.
+    IpHash,
+    /// Consistent hashing on a header (the client IP when it is absent).
+    HeaderHash(http::HeaderName),
+    /// Sticky cookie.
+    Cookie {
+        /// Cookie name.
+        name: String,
+        /// Signing key; `None` means a random key per process.
+        secret: Option<String>,
+    },
+}
+
+impl Balance {
+    /// The config name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::LeastConn => "least_conn",
+            Self::P2c => "p2c",
+            Self::IpHash => "ip_hash",
+            Self::HeaderHash(_) => "header_hash",
+            Self::Cookie { .. } => "cookie",
+        }
+    }
+}
+
+/// Active health checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Path requested with GET.
+    pub path: String,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time allowed per check.
+    pub timeout: Duration,
+    /// Successes to become healthy.
+    pub rise: u32,
+    /// Failures to become unhealthy.
+    pub fall: u32,
+    /// Healthy statuses, inclusive.
+    pub status: (u16, u16),
+    /// New targets wait for a passing check before getting traffic.
+    pub wait_healthy: bool,
+}
+
+/// Passive health checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Passive {
+    /// Consecutive failures that eject; 0 disables.
+    pub failures: u32,
+    /// First ejection.
+    pub cooldown: Duration,
+    /// Longest ejection.
+    pub max_cooldown: Duration,
+}
+
+/// Retry rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retries {
+    /// Tries per request including the first.
+    pub attempts: u32,
+    /// Statuses retried for idempotent requests without a body.
+    pub on_status: Vec<u16>,
+    /// Retries as a fraction of requests.
+    pub budget: f64,
 }
 
 /// A backend address.
@@ -293,4 +378,6 @@ pub struct Target {
     pub port: u16,
     /// `host:port` as used in URIs and the Host header (IPv6 in brackets).
     pub authority: http::uri::Authority,
+    /// Relative share of traffic.
+    pub weight: u32,
 }

@@ -407,3 +407,84 @@ fn store_and_backup_sections() {
         "invalid duration",
     );
 }
+
+#[test]
+fn upstream_balancing_keys() {
+    let c = ok(r#"
+[upstream.api]
+targets = ["10.0.0.1:80", { addr = "10.0.0.2:80", weight = 3 }]
+balance = "header_hash"
+hash_header = "X-User"
+health = { path = "/healthz", interval = "1s", status = "204", rise = 1 }
+passive = { failures = 2, cooldown = "1s" }
+retries = { attempts = 3, on_status = [502, 503], budget = 0.1 }
+"#);
+    let u = &c.upstreams[0];
+    assert_eq!(u.targets[1].weight, 3);
+    assert_eq!(u.balance, Balance::HeaderHash(http::HeaderName::from_static("x-user")));
+    let h = u.health.as_ref().unwrap();
+    assert_eq!((h.status, h.rise, h.fall, h.wait_healthy), ((204, 204), 1, 3, true));
+    assert_eq!(u.passive.failures, 2);
+    assert_eq!(u.retries.on_status, vec![502, 503]);
+}
+
+#[test]
+fn upstream_balancing_errors() {
+    let t = "[upstream.api]\ntargets = [\"10.0.0.1:80\"]\n";
+    fails(
+        &format!("{t}balance = \"fastest\"\n"),
+        3,
+        11,
+        "upstream.api.balance",
+        "unknown policy \"fastest\"",
+    );
+    fails(
+        &format!("{t}balance = \"header_hash\"\n"),
+        3,
+        11,
+        "upstream.api.hash_header",
+        "needs `hash_header`",
+    );
+    fails(
+        &format!("{t}retries = {{ on_status = [404] }}\n"),
+        3,
+        26,
+        "upstream.api.retries.on_status[0]",
+        "only 5xx",
+    );
+    fails(
+        &format!("{t}retries = {{ budget = 1.5 }}\n"),
+        3,
+        22,
+        "upstream.api.retries.budget",
+        "fraction",
+    );
+    fails(
+        &format!("{t}health = {{ path = \"healthz\" }}\n"),
+        3,
+        19,
+        "upstream.api.health.path",
+        "starts with `/`",
+    );
+    fails(
+        &format!("{t}health = {{ path = \"/h\", status = \"2xx\" }}\n"),
+        3,
+        34,
+        "upstream.api.health.status",
+        "status or range",
+    );
+    fails(
+        &format!("{t}balance = \"cookie\"\ncookie = {{ secret = \"short\" }}\n"),
+        4,
+        21,
+        "upstream.api.cookie.secret",
+        "at least 16",
+    );
+    fails(
+        "[upstream.api]\ntargets = [{ addr = \"10.0.0.1:80\", weight = 0 }]\n",
+        2,
+        12,
+        "upstream.api.targets[0].weight",
+        "1 to 1000",
+    );
+}

@@ -6,7 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -21,17 +21,28 @@ use crate::pool::PooledConn;
 
 pin_project! {
     /// A client's request body on its way upstream, counting bytes for the
-    /// access log when it is on.
+    /// access log when it is on. Empty for replayed body-less requests.
     pub struct RequestBody {
         #[pin]
-        inner: Incoming,
+        inner: Option<Incoming>,
         counter: Option<Arc<AtomicU64>>,
     }
 }
 
 impl RequestBody {
     pub(crate) fn new(inner: Incoming, counter: Option<Arc<AtomicU64>>) -> Self {
-        Self { inner, counter }
+        Self {
+            inner: Some(inner),
+            counter,
+        }
+    }
+
+    /// No body (a retry of a request that had none).
+    pub(crate) fn empty() -> Self {
+        Self {
+            inner: None,
+            counter: None,
+        }
     }
 }
 
@@ -41,7 +52,10 @@ impl Body for RequestBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.project();
-        let res = this.inner.poll_frame(cx);
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        let res = inner.poll_frame(cx);
         if let (Some(counter), Poll::Ready(Some(Ok(frame)))) = (this.counter.as_ref(), &res) {
             if let Some(data) = frame.data_ref() {
                 counter.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -51,11 +65,23 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// Holds a request in a target's in-flight count (for least_conn and p2c)
+/// until the response body is finished or dropped.
+pub(crate) struct InFlight(pub(crate) Arc<AtomicU32>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -63,7 +89,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind {
         // `conn` goes back to its pool when `body` has been read to the end.
-        Upstream { #[pin] body: Incoming, conn: Option<PooledConn> },
+        Upstream { #[pin] body: Incoming, conn: Option<PooledConn>, in_flight: Option<InFlight> },
         Full { data: Option<Bytes> },
         File { #[pin] body: FileBody },
     }
@@ -84,7 +110,7 @@ pin_project! {
 impl ResponseBody {
     /// Streams an upstream body; `conn` is released to its pool when the body
     /// ends, or closed if the body is dropped before that.
-    pub(crate) fn upstream(body: Incoming, conn: PooledConn) -> Self {
+    pub(crate) fn upstream(body: Incoming, conn: PooledConn, in_flight: Option<InFlight>) -> Self {
         let conn = if body.is_end_stream() {
             // Nothing left to read (204, 304, HEAD, empty body): reusable now.
             conn.release();
@@ -93,7 +119,7 @@ impl ResponseBody {
             Some(conn)
         };
         Self {
-            kind: Kind::Upstream { body, conn },
+            kind: Kind::Upstream { body, conn, in_flight },
             log: None,
         }
     }
@@ -137,7 +163,11 @@ impl Body for ResponseBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let res = match this.kind.project() {
-            KindProj::Upstream { mut body, conn } => {
+            KindProj::Upstream {
+                mut body,
+                conn,
+                in_flight,
+            } => {
                 let res = body.as_mut().poll_frame(cx);
                 let finished = match &res {
                     Poll::Ready(None) => true,
@@ -148,6 +178,7 @@ impl Body for ResponseBody {
                     if let Some(conn) = conn.take() {
                         conn.release();
                     }
+                    in_flight.take();
                 }
                 res.map_err(Into::into)
             }

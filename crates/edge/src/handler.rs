@@ -14,11 +14,14 @@
 //!    access-log record, written when the body ends.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use gatehouse_config::{Action, Config, ProxyAction};
+use gatehouse_balance::{
+    Balancer, Health, HealthState, PassiveConfig, Policy, RetryBudget, SelectKey, StickyCookie, TargetSpec,
+};
+use gatehouse_config::{Action, Balance, Config, ProxyAction};
 use gatehouse_observe::{AccessLogSender, AccessRecord};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -27,7 +30,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::body::{PendingLog, RequestBody, ResponseBody};
+use crate::body::{InFlight, PendingLog, RequestBody, ResponseBody};
 use crate::forwarding::{self, PeerInfo, X_REQUEST_ID};
 use crate::path::{self, PathError};
 use crate::pool::{SendError, TargetPool};
@@ -39,17 +42,62 @@ pub(crate) struct Shared {
     pub(crate) config: Arc<Config>,
     pub(crate) router: Router,
     pub(crate) access_log: Option<AccessLogSender>,
+    /// Health of every target, by upstream then target index, shared by all
+    /// workers and the health checker.
+    pub(crate) health: Vec<Vec<Arc<Health>>>,
+    /// Sticky-cookie signing keys by upstream name (configured, or random per
+    /// process).
+    cookie_keys: std::collections::HashMap<String, Vec<u8>>,
 }
 
 impl Shared {
     pub(crate) fn new(config: Arc<Config>, access_log: Option<AccessLogSender>) -> Result<Self, crate::EdgeError> {
+        let health = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let passive = PassiveConfig {
+                    failures: u.passive.failures,
+                    cooldown: u.passive.cooldown,
+                    max_cooldown: u.passive.max_cooldown,
+                };
+                let start_up = u.health.as_ref().is_none_or(|h| !h.wait_healthy);
+                u.targets
+                    .iter()
+                    .map(|t| Arc::new(Health::new(format!("{}/{}", u.name, t.authority), start_up, passive)))
+                    .collect()
+            })
+            .collect();
+        let cookie_keys = config
+            .upstreams
+            .iter()
+            .filter_map(|u| match &u.balance {
+                Balance::Cookie { secret, .. } => Some((
+                    u.name.clone(),
+                    match secret {
+                        Some(s) => s.as_bytes().to_vec(),
+                        None => (0..32).map(|_| fastrand::u8(..)).collect(),
+                    },
+                )),
+                _ => None,
+            })
+            .collect();
         Ok(Self {
             router: Router::new(&config)?,
             config,
             access_log,
+            health,
+            cookie_keys,
         })
     }
 }
+
+/// Retries always allowed per window, so quiet routes can retry at all.
+const RETRY_MIN_PER_WINDOW: u32 = 10;
+/// Window over which the retry budget is counted.
+const RETRY_WINDOW: Duration = Duration::from_secs(10);
+/// Most attempts per request the config allows (see `retries.attempts`).
+const MAX_ATTEMPTS: usize = 10;
 
 /// One worker thread's view: the shared config plus its own upstream connection
 /// pools, so pooled connections never cross threads.
@@ -60,8 +108,24 @@ pub(crate) struct Worker {
 
 struct UpstreamClient {
     targets: Vec<TargetInfo>,
-    next: AtomicUsize,
+    balancer: Balancer,
+    /// What the balancer hashes or pins on.
+    key: KeyKind,
     response_timeout: Duration,
+    attempts: u32,
+    retry_on_status: Vec<u16>,
+    budget: RetryBudget,
+    /// Count in-flight requests per target (least_conn and p2c need them).
+    track_load: bool,
+    /// Retry-After for "every target is down": the health-check interval.
+    check_interval: Option<Duration>,
+}
+
+enum KeyKind {
+    None,
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(StickyCookie),
 }
 
 struct TargetInfo {
@@ -80,6 +144,7 @@ pub(crate) struct ConnCtx {
 /// What the request path learned about a request, for the access log.
 struct Ctx {
     request_id: HeaderValue,
+    client_ip: std::net::IpAddr,
     route: Option<Arc<str>>,
     upstream: Option<http::uri::Authority>,
     upstream_duration: Option<Duration>,
@@ -92,18 +157,44 @@ impl Worker {
             .config
             .upstreams
             .iter()
-            .map(|u| UpstreamClient {
-                targets: u
+            .zip(&shared.health)
+            .map(|(u, health)| {
+                let specs = u
                     .targets
                     .iter()
-                    .map(|t| TargetInfo {
-                        host_header: HeaderValue::from_str(t.authority.as_str())
-                            .unwrap_or(HeaderValue::from_static("localhost")),
-                        pool: TargetPool::new(t.clone(), u),
-                    })
-                    .collect(),
-                next: AtomicUsize::new(0),
-                response_timeout: u.response_timeout,
+                    .zip(health)
+                    .map(|(t, h)| TargetSpec::new(t.authority.as_str(), t.weight, h.clone()))
+                    .collect();
+                let (policy, key) = match &u.balance {
+                    Balance::RoundRobin => (Policy::RoundRobin, KeyKind::None),
+                    Balance::LeastConn => (Policy::LeastConn, KeyKind::None),
+                    Balance::P2c => (Policy::P2c, KeyKind::None),
+                    Balance::IpHash => (Policy::IpHash, KeyKind::ClientIp),
+                    Balance::HeaderHash(name) => (Policy::HeaderHash, KeyKind::Header(name.clone())),
+                    Balance::Cookie { name, .. } => (
+                        Policy::Cookie,
+                        KeyKind::Cookie(StickyCookie::new(name.clone(), &shared.cookie_keys[&u.name])),
+                    ),
+                };
+                UpstreamClient {
+                    targets: u
+                        .targets
+                        .iter()
+                        .map(|t| TargetInfo {
+                            host_header: HeaderValue::from_str(t.authority.as_str())
+                                .unwrap_or(HeaderValue::from_static("localhost")),
+                            pool: TargetPool::new(t.clone(), u),
+                        })
+                        .collect(),
+                    balancer: Balancer::new(policy, specs),
+                    key,
+                    response_timeout: u.response_timeout,
+                    attempts: u.retries.attempts,
+                    retry_on_status: u.retries.on_status.clone(),
+                    budget: RetryBudget::new(u.retries.budget, RETRY_MIN_PER_WINDOW, RETRY_WINDOW),
+                    track_load: matches!(u.balance, Balance::LeastConn | Balance::P2c),
+                    check_interval: u.health.as_ref().map(|h| h.interval),
+                }
             })
             .collect();
         Self { shared, upstreams }
@@ -135,6 +226,7 @@ impl Worker {
             (self.shared.access_log.is_some() && !req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
         let mut ctx = Ctx {
             request_id,
+            client_ip,
             route: None,
             upstream: None,
             upstream_duration: None,
@@ -321,18 +413,7 @@ impl Worker {
         let Some(pool) = self.upstreams.get(action.upstream) else {
             return local_error(StatusCode::INTERNAL_SERVER_ERROR, "upstream missing", &ctx.request_id);
         };
-        // Upstream peer: round robin over the pool's targets.
-        let n = pool.next.fetch_add(1, Ordering::Relaxed);
-        let Some(target) = pool.targets.get(n % pool.targets.len().max(1)) else {
-            return local_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "upstream has no targets",
-                &ctx.request_id,
-            );
-        };
-        ctx.upstream = Some(target.pool.target.authority.clone());
-
-        // Upstream request filter.
+        // Upstream request filter (the part that does not depend on the target).
         let wants_upgrade = req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
         let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -352,38 +433,129 @@ impl Worker {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        let host_header = match (action.preserve_host, host) {
-            (true, Some(h)) => h.clone(),
-            _ => target.host_header.clone(),
-        };
-        parts.headers.insert(header::HOST, host_header);
         forwarding::add_forwarding_headers(&mut parts.headers, &conn.peer, conn.proto, host);
         parts.headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
         parts.version = Version::HTTP_11;
-        let upstream_req = Request::from_parts(parts, RequestBody::new(body, ctx.bytes_in.clone()));
 
-        // Send, bounded by the response-header timeout.
-        let sent = tokio::time::timeout(pool.response_timeout, target.pool.send(upstream_req)).await;
-        ctx.upstream_duration = Some(start.elapsed());
-        let (mut resp, conn) = match sent {
-            Ok(Ok(pair)) => pair,
-            Ok(Err(e)) => {
-                let (status, why) = classify(&e);
-                tracing::warn!(
-                    request_id = ?ctx.request_id, route = %route.name, upstream = %target.pool.target.authority,
-                    error = %error_chain(&e), "Upstream request failed."
-                );
-                return local_error(status, why, &ctx.request_id);
-            }
-            Err(_) => {
-                tracing::warn!(
-                    request_id = ?ctx.request_id, route = %route.name, upstream = %target.pool.target.authority,
-                    timeout = ?pool.response_timeout, "Upstream did not send response headers in time."
-                );
-                return local_error(StatusCode::GATEWAY_TIMEOUT, "upstream timed out", &ctx.request_id);
+        // What the balancer keys on.
+        let ip_bytes: [u8; 16] = match ctx.client_ip {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        };
+        let header_key: Option<Vec<u8>> = match &pool.key {
+            KeyKind::Header(name) => parts.headers.get(name).map(|v| v.as_bytes().to_vec()),
+            _ => None,
+        };
+        let key = match &pool.key {
+            KeyKind::None => SelectKey::None,
+            KeyKind::ClientIp => SelectKey::Hash(&ip_bytes),
+            KeyKind::Header(_) => SelectKey::Hash(header_key.as_deref().unwrap_or(&ip_bytes)),
+            KeyKind::Cookie(sticky) => sticky
+                .find(parts.headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes))
+                .map_or(SelectKey::None, SelectKey::Pinned),
+        };
+        // Requests without a body can be sent again after a bad status.
+        let replay = (!pool.retry_on_status.is_empty() && is_idempotent(&parts.method) && body.is_end_stream())
+            .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+        let rebuild = |(method, uri, headers): &(http::Method, Uri, http::HeaderMap)| {
+            let mut r = Request::new(RequestBody::empty());
+            *r.method_mut() = method.clone();
+            *r.uri_mut() = uri.clone();
+            *r.headers_mut() = headers.clone();
+            r
+        };
+        let mut pending = Some(Request::from_parts(parts, RequestBody::new(body, ctx.bytes_in.clone())));
+        if pool.attempts > 1 {
+            pool.budget.record_request();
+        }
+
+        // Upstream peer and send, retrying on another target when allowed.
+        let mut tried = [usize::MAX; MAX_ATTEMPTS];
+        let mut n_tried = 0;
+        let mut last_error: Option<(StatusCode, &'static str)> = None;
+        let outcome = loop {
+            let Some(mut upstream_req) = pending.take() else {
+                break None;
+            };
+            let Some(choice) = pool.balancer.select(key, &tried[..n_tried]) else {
+                break None;
+            };
+            tried[n_tried.min(MAX_ATTEMPTS - 1)] = choice.index;
+            n_tried += 1;
+            let Some(target) = pool.targets.get(choice.index) else {
+                break None;
+            };
+            let health = &self.shared.health[action.upstream][choice.index];
+            ctx.upstream = Some(target.pool.target.authority.clone());
+            let host_header = match (action.preserve_host, host) {
+                (true, Some(h)) => h.clone(),
+                _ => target.host_header.clone(),
+            };
+            upstream_req.headers_mut().insert(header::HOST, host_header);
+            let in_flight = if pool.track_load {
+                pool.balancer.acquire(choice.index).map(InFlight)
+            } else {
+                None
+            };
+            let may_retry = || (n_tried as u32) < pool.attempts && pool.budget.try_retry();
+
+            let sent = tokio::time::timeout(pool.response_timeout, target.pool.send(upstream_req)).await;
+            ctx.upstream_duration = Some(start.elapsed());
+            match sent {
+                Ok(Ok((resp, conn))) => {
+                    let status = resp.status();
+                    if status.is_server_error() {
+                        health.record_failure();
+                        if pool.retry_on_status.contains(&status.as_u16()) {
+                            if let Some(replay) = &replay {
+                                if may_retry() {
+                                    tracing::debug!(
+                                        request_id = ?ctx.request_id, upstream = %target.pool.target.authority,
+                                        status = status.as_u16(), "Retrying on another target."
+                                    );
+                                    last_error = Some((StatusCode::BAD_GATEWAY, "upstream failed"));
+                                    pending = Some(rebuild(replay));
+                                    continue;
+                                }
+                            }
+                        }
+                    } else {
+                        health.record_success();
+                    }
+                    break Some((resp, conn, in_flight, choice));
+                }
+                Ok(Err((e, unsent))) => {
+                    health.record_failure();
+                    tracing::warn!(
+                        request_id = ?ctx.request_id, route = %route.name, upstream = %target.pool.target.authority,
+                        error = %error_chain(&e), "Upstream request failed."
+                    );
+                    last_error = Some(classify(&e));
+                    let again = unsent.or_else(|| replay.as_ref().map(rebuild));
+                    if again.is_some() && may_retry() {
+                        pending = again;
+                        continue;
+                    }
+                    break None;
+                }
+                Err(_) => {
+                    health.record_failure();
+                    tracing::warn!(
+                        request_id = ?ctx.request_id, route = %route.name, upstream = %target.pool.target.authority,
+                        timeout = ?pool.response_timeout, "Upstream did not send response headers in time."
+                    );
+                    // Not retried: the request may still be running upstream.
+                    last_error = Some((StatusCode::GATEWAY_TIMEOUT, "upstream timed out"));
+                    break None;
+                }
             }
         };
-
+        let Some((mut resp, conn, in_flight, choice)) = outcome else {
+            return match last_error {
+                Some((status, why)) => local_error(status, why, &ctx.request_id),
+                None => self.all_down(pool, action.upstream, &ctx.request_id),
+            };
+        };
         // Response filter.
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let Some(client_upgrade) = client_upgrade else {
@@ -417,8 +589,54 @@ impl Worker {
             return Response::from_parts(parts, ResponseBody::empty());
         }
         forwarding::strip_hop_by_hop(resp.headers_mut());
-        resp.map(|body| ResponseBody::upstream(body, conn))
+        if choice.set_cookie {
+            if let (KeyKind::Cookie(sticky), Some(spec)) = (&pool.key, pool.balancer.target(choice.index)) {
+                if let Ok(v) = HeaderValue::from_str(&sticky.set_cookie(spec.id)) {
+                    resp.headers_mut().append(header::SET_COOKIE, v);
+                }
+            }
+        }
+        resp.map(|body| ResponseBody::upstream(body, conn, in_flight))
     }
+
+    /// 503 when no target can take a request, with `Retry-After` set to when one
+    /// may be back: the soonest end of an ejection, or the health-check interval.
+    fn all_down(&self, pool: &UpstreamClient, upstream: usize, request_id: &HeaderValue) -> Response<ResponseBody> {
+        let soonest_ejection = self.shared.health[upstream]
+            .iter()
+            .filter(|h| h.state() == HealthState::Ejected)
+            .map(|h| h.ejected_for())
+            .min();
+        let wait = soonest_ejection
+            .or(pool.check_interval)
+            .unwrap_or(Duration::from_secs(1));
+        tracing::warn!(
+            upstream = %self.shared.config.upstreams[upstream].name,
+            "No healthy target for a request."
+        );
+        let mut resp = local_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream target",
+            request_id,
+        );
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        resp
+    }
+}
+
+/// Methods that may be repeated without changing the outcome (RFC 9110 §9.2.2).
+fn is_idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::PUT
+            | http::Method::DELETE
+            | http::Method::TRACE
+    )
 }
 
 /// Builds the path and query sent upstream: the normalised path, with the route

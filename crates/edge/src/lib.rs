@@ -12,6 +12,7 @@
 mod body;
 mod forwarding;
 mod handler;
+mod healthcheck;
 mod path;
 mod pool;
 mod request_id;

@@ -150,10 +150,12 @@ impl TargetPool {
     /// Sends `req` on a pooled or new connection. A request that a pooled
     /// connection closed before it was written is sent again on a new
     /// connection, so an upstream closing idle connections is never visible.
+    /// When no connection could be made the request comes back unsent, so the
+    /// caller can try another target.
     pub(crate) async fn send(
         self: &Arc<Self>,
         req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, PooledConn), SendError> {
+    ) -> Result<(Response<Incoming>, PooledConn), (SendError, Option<Request<RequestBody>>)> {
         let mut req = req;
         if let Some(mut sender) = self.take_idle() {
             if sender.ready().await.is_ok() {
@@ -162,22 +164,31 @@ impl TargetPool {
                     Err(mut e) => match e.take_message() {
                         Some(unsent) => req = unsent,
                         None => {
-                            return Err(SendError::Http {
-                                target: self.target.authority.to_string(),
-                                source: e.into_error(),
-                            });
+                            return Err((
+                                SendError::Http {
+                                    target: self.target.authority.to_string(),
+                                    source: e.into_error(),
+                                },
+                                None,
+                            ));
                         }
                     },
                 }
             }
         }
-        let mut sender = self.connect().await?;
+        let mut sender = match self.connect().await {
+            Ok(s) => s,
+            Err(e) => return Err((e, Some(req))),
+        };
         match sender.send_request(req).await {
             Ok(resp) => Ok((resp, self.conn(sender))),
-            Err(source) => Err(SendError::Http {
-                target: self.target.authority.to_string(),
-                source,
-            }),
+            Err(source) => Err((
+                SendError::Http {
+                    target: self.target.authority.to_string(),
+                    source,
+                },
+                None,
+            )),
         }
     }
 

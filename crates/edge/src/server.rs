@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use crate::EdgeError;
 use crate::forwarding::PeerInfo;
 use crate::handler::{ConnCtx, Shared, Worker};
+use crate::healthcheck;
 
 /// Pending connections the kernel queues per socket; matches common
 /// `net.core.somaxconn` defaults so bursts of new clients are not refused.
@@ -107,7 +108,22 @@ impl BoundServer {
         let shared = Arc::new(Shared::new(self.config.clone(), self.access_log)?);
         let (tx, rx) = watch::channel(false);
         let deadline = self.config.server.shutdown_timeout;
-        let mut threads = Vec::with_capacity(self.sockets.len());
+        let mut threads = Vec::with_capacity(self.sockets.len() + 1);
+        let jobs = self
+            .config
+            .upstreams
+            .iter()
+            .zip(&shared.health)
+            .filter_map(|(u, health)| u.health.as_ref().map(|check| (u, health, check)))
+            .flat_map(|(u, health, check)| {
+                u.targets.iter().zip(health).map(|(t, h)| healthcheck::Job {
+                    target: t.clone(),
+                    check: check.clone(),
+                    health: h.clone(),
+                })
+            })
+            .collect();
+        threads.extend(healthcheck::start(jobs, rx.clone()));
         for (i, sockets) in self.sockets.into_iter().enumerate() {
             let shared = shared.clone();
             let rx = rx.clone();
@@ -117,7 +133,7 @@ impl BoundServer {
                 .map_err(EdgeError::Thread)?;
             threads.push(thread);
         }
-        tracing::info!(addrs = ?self.local_addrs, workers = threads.len(), "Listening.");
+        tracing::info!(addrs = ?self.local_addrs, workers = self.config.server.workers.get(), "Listening.");
         Ok(RunningServer {
             shutdown: tx,
             threads,

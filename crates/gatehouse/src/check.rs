@@ -74,12 +74,28 @@ pub(crate) fn summary(c: &Config) -> String {
         }
     }
     for up in &c.upstreams {
-        let targets: Vec<&str> = up.targets.iter().map(|t| t.authority.as_str()).collect();
+        let targets: Vec<String> = up
+            .targets
+            .iter()
+            .map(|t| {
+                if t.weight == 1 {
+                    t.authority.to_string()
+                } else {
+                    format!("{} (weight {})", t.authority, t.weight)
+                }
+            })
+            .collect();
+        let health = match &up.health {
+            Some(h) => format!("health GET {} every {:?}", h.path, h.interval),
+            None => "no active health checks".to_owned(),
+        };
         let _ = writeln!(
             out,
-            "upstream {}: {} (round_robin; connect {:?}, response {:?})",
+            "upstream {}: {} ({}; {health}; {} attempts; connect {:?}, response {:?})",
             up.name,
             targets.join(", "),
+            up.balance.as_str(),
+            up.retries.attempts,
             up.connect_timeout,
             up.response_timeout
         );

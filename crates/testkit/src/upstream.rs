@@ -42,6 +42,8 @@ pub enum Behavior {
     WebSocketEcho,
     /// Answers 200 `bye` with `Connection: close`, then closes the connection.
     CloseAfterResponse,
+    /// Reads the whole request, body included, then resets the connection.
+    ResetAfterBody,
 }
 
 /// A request as the upstream saw it.
@@ -82,7 +84,12 @@ impl Drop for Upstream {
 impl Upstream {
     /// Starts an upstream on `127.0.0.1:0`.
     pub async fn start(behavior: Behavior) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at("127.0.0.1:0".parse().unwrap(), behavior).await
+    }
+
+    /// Starts an upstream on a given address (to bring a stopped one back).
+    pub async fn start_at(addr: SocketAddr, behavior: Behavior) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
@@ -128,18 +135,23 @@ async fn serve(
     requests: Arc<Mutex<Vec<Recorded>>>,
     connections: Arc<AtomicUsize>,
 ) {
+    // Connection tasks live in this set, so stopping the upstream (aborting
+    // this task) drops every open connection too, as a killed process would.
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
+        while conns.try_join_next().is_some() {}
         connections.fetch_add(1, Ordering::SeqCst);
         let behavior = behavior.clone();
         let requests = requests.clone();
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-        tokio::spawn(async move {
+        conns.spawn(async move {
             match behavior {
                 Behavior::CloseMidBody => close_mid_body(stream).await,
                 Behavior::Reset => reset(stream).await,
+                Behavior::ResetAfterBody => reset_after_body(stream, requests).await,
                 Behavior::WebSocketEcho => websocket_echo(stream, requests).await,
                 behavior => {
                     let svc = service_fn(move |req: Request<Incoming>| {
@@ -223,7 +235,9 @@ async fn respond(
             r.headers_mut().insert("connection", "close".parse().unwrap());
             r
         }
-        Behavior::CloseMidBody | Behavior::Reset | Behavior::WebSocketEcho => full(500, "unreachable"),
+        Behavior::CloseMidBody | Behavior::Reset | Behavior::ResetAfterBody | Behavior::WebSocketEcho => {
+            full(500, "unreachable")
+        }
     };
     resp.headers_mut()
         .insert("x-upstream", port.to_string().parse().unwrap());
@@ -254,6 +268,39 @@ async fn close_mid_body(mut stream: tokio::net::TcpStream) {
 async fn reset(mut stream: tokio::net::TcpStream) {
     read_head(&mut stream).await;
     // Linger 0 turns the close into a TCP reset.
+    let std = stream.into_std().unwrap();
+    let socket = socket2::Socket::from(std);
+    let _ = socket.set_linger(Some(Duration::ZERO));
+    drop(socket);
+}
+
+async fn reset_after_body(mut stream: tokio::net::TcpStream, requests: Arc<Mutex<Vec<Recorded>>>) {
+    let head = read_head(&mut stream).await;
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let len: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let body_start = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(head.len(), |p| p + 4);
+    let mut have = head.len() - body_start;
+    let mut buf = [0u8; 4096];
+    while have < len {
+        match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => have += n,
+            _ => break,
+        }
+    }
+    let method = text.split(' ').next().unwrap_or("GET").to_ascii_uppercase();
+    requests.lock().unwrap().push(Recorded {
+        method: Method::from_bytes(method.as_bytes()).unwrap_or(Method::GET),
+        uri: Uri::from_static("/"),
+        version: Version::HTTP_11,
+        headers: HeaderMap::new(),
+    });
     let std = stream.into_std().unwrap();
     let socket = socket2::Socket::from(std);
     let _ = socket.set_linger(Some(Duration::ZERO));
