@@ -265,3 +265,21 @@ async fn local_check_is_ready_at_once() {
     assert_eq!(d.source, DecisionSource::Local);
     assert!(!l.check(&A).await.allowed);
 }
+
+#[test]
+fn policies_are_shareable_between_workers() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<RateLimiter>();
+    send_sync::<RedisBackend>();
+    send_sync::<Decision>();
+    send_sync::<crate::CorsPolicy>();
+    send_sync::<crate::IpRules>();
+    send_sync::<crate::ConcurrencyLimit>();
+    send_sync::<crate::ConcurrencyGuard>();
+    send_sync::<crate::SecurityHeaders>();
+    send_sync::<crate::HeaderRules>();
+    // The check future can move between threads of a multi-threaded runtime.
+    fn send<T: Send>(_: T) {}
+    let l = RateLimiter::new("api", rate("1/s"), &LimiterOptions::default()).unwrap();
+    send(l.check(&A));
+}
