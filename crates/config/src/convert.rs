@@ -314,13 +314,82 @@ fn convert_server(s: file::ServerFile, base_dir: &Path) -> Result<Server, RawErr
         "server.shutdown_timeout",
         defaults::SHUTDOWN_TIMEOUT,
     )?;
+    let admin = convert_admin(s.admin.as_ref(), s.admin_token.as_ref(), &http)?;
     Ok(Server {
         data_dir,
         http,
         workers,
         trusted_proxies,
         shutdown_timeout,
+        admin,
     })
+}
+
+/// Shortest admin token accepted: 32 characters of a random hex or base64
+/// string carry 128 bits or more, far beyond guessing over the network.
+const ADMIN_TOKEN_MIN_CHARS: usize = 32;
+
+fn convert_admin(
+    listen: Option<&Spanned<String>>,
+    token: Option<&Spanned<Secret>>,
+    http: &[SocketAddr],
+) -> Result<Option<Admin>, RawError> {
+    let Some(listen) = listen else {
+        if let Some(t) = token {
+            return err(
+                at(t),
+                "server.admin_token",
+                "there is no admin listener to protect; set `admin = \"127.0.0.1:2019\"` too, or remove `admin_token`",
+            );
+        }
+        return Ok(None);
+    };
+    let addr = parse_listen(listen.get_ref()).or_else(|m| err(at(listen), "server.admin", m))?;
+    if let Some(i) = http.iter().position(|h| *h == addr && addr.port() != 0) {
+        return err(
+            at(listen),
+            "server.admin",
+            format!("{addr} is already used by server.http[{i}]; the admin API needs its own address"),
+        );
+    }
+    let token = match token {
+        None => None,
+        Some(t) => {
+            // Never echo the value: it is a secret.
+            let value = t.get_ref().expose();
+            let chars = value.chars().count();
+            if chars < ADMIN_TOKEN_MIN_CHARS {
+                return err(
+                    at(t),
+                    "server.admin_token",
+                    format!(
+                        "the token has {chars} characters; use at least {ADMIN_TOKEN_MIN_CHARS} \
+                         (for example the output of `openssl rand -hex 32`)"
+                    ),
+                );
+            }
+            if !value.bytes().all(|b| b.is_ascii_graphic()) {
+                return err(
+                    at(t),
+                    "server.admin_token",
+                    "the token may only contain printable ASCII characters without spaces \
+                     (for example the output of `openssl rand -hex 32`)",
+                );
+            }
+            Some(t.get_ref().clone())
+        }
+    };
+    if token.is_none() && !addr.ip().to_canonical().is_loopback() {
+        return err(
+            at(listen),
+            "server.admin",
+            format!(
+                "{addr} is not a loopback address, so the admin API needs `admin_token` \
+                 (at least {ADMIN_TOKEN_MIN_CHARS} characters); or listen on 127.0.0.1 or [::1]"
+            ),
+        );
+    }
+    Ok(Some(Admin { listen: addr, token }))
 }
 
 fn convert_log(l: file::LogFile, base_dir: &Path) -> Result<Log, RawError> {

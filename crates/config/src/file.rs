@@ -10,6 +10,7 @@ use serde::Deserialize;
 pub use toml::Spanned;
 
 use crate::error::{ErrorKind, RawError};
+use crate::model::Secret;
 
 /// The whole config file.
 #[derive(Debug, Default, Deserialize)]
@@ -138,6 +139,19 @@ pub struct ServerFile {
     pub trusted_proxies: Vec<Spanned<String>>,
     /// How long a graceful shutdown waits for in-flight requests. Default `30s`.
     pub shutdown_timeout: Option<Spanned<String>>,
+    /// Listen address of the admin API (`127.0.0.1:2019`). Default: no admin
+    /// listener.
+    pub admin: Option<Spanned<String>>,
+    /// Bearer token the admin API requires, at least 32 characters; usually
+    /// `${GATEHOUSE_ADMIN_TOKEN}`. Required when `admin` is not a loopback address.
+    pub admin_token: Option<Spanned<Secret>>,
+}
+
+/// A secret read from the file: the same string, but `Debug` never shows it.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret::new)
+    }
 }
 
 /// `[log]`

@@ -146,6 +146,42 @@ pub struct Server {
     pub trusted_proxies: Vec<IpNet>,
     /// Deadline for in-flight requests at shutdown.
     pub shutdown_timeout: Duration,
+    /// The admin API listener; `None` when `server.admin` is not set.
+    pub admin: Option<Admin>,
+}
+
+/// The admin API listener, validated: a non-loopback address always has a token.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Bearer token every endpoint but `/healthz` requires; `None` (loopback
+    /// only) leaves the endpoints open to local processes.
+    pub token: Option<Secret>,
+}
+
+/// A secret value (token, password). `Debug` prints `***`, and there is no
+/// `Display`, so it cannot end up in a log line by accident; read it with
+/// [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret string.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that has to compare or send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// Log output format.

@@ -488,3 +488,113 @@ fn upstream_balancing_errors() {
         "1 to 1000",
     );
 }
+const TOKEN: &str = "0123456789abcdef0123456789abcdef";
+
+#[test]
+fn admin_is_off_by_default() {
+    assert!(ok("").server.admin.is_none());
+}
+
+#[test]
+fn admin_on_loopback_needs_no_token() {
+    let c = ok("[server]\nadmin = \"127.0.0.1:2019\"\n");
+    let admin = c.server.admin.unwrap();
+    assert_eq!(admin.listen, "127.0.0.1:2019".parse().unwrap());
+    assert!(admin.token.is_none());
+    let c = ok("[server]\nadmin = \"[::1]:2019\"\n");
+    assert!(c.server.admin.unwrap().listen.ip().is_loopback());
+}
+
+#[test]
+fn admin_token_comes_from_the_environment_and_is_redacted() {
+    let text = "[server]\nadmin = \"0.0.0.0:2019\"\nadmin_token = \"${GATEHOUSE_ADMIN_TOKEN}\"\n";
+    let c = parse_env(text, &[("GATEHOUSE_ADMIN_TOKEN", TOKEN)]).unwrap();
+    let admin = c.server.admin.as_ref().unwrap();
+    assert_eq!(admin.token.as_ref().unwrap().expose(), TOKEN);
+    let shown = format!("{c:?}");
+    assert!(!shown.contains(TOKEN), "the token leaked into Debug output");
+    assert!(shown.contains("token: Some(***)"), "{shown}");
+}
+
+#[test]
+fn public_admin_address_requires_a_token() {
+    fails(
+        "[server]\nadmin = \"0.0.0.0:2019\"\n",
+        2,
+        9,
+        "server.admin",
+        "not a loopback address, so the admin API needs `admin_token`",
+    );
+    fails(
+        "[server]\nadmin = \":2019\"\n",
+        2,
+        9,
+        "server.admin",
+        "needs `admin_token`",
+    );
+    // An IPv4-mapped loopback address is loopback.
+    assert!(
+        ok("[server]\nadmin = \"[::ffff:127.0.0.1]:2019\"\n")
+            .server
+            .admin
+            .is_some()
+    );
+}
+
+#[test]
+fn short_admin_token_is_rejected_without_echoing_it() {
+    let e = fails(
+        "[server]\nadmin = \"127.0.0.1:2019\"\nadmin_token = \"hunter2hunter2\"\n",
+        3,
+        15,
+        "server.admin_token",
+        "the token has 14 characters; use at least 32",
+    );
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    // Through a variable the position is the reference's.
+    let text = "[server]\nadmin = \"127.0.0.1:2019\"\nadmin_token = \"${T:-}\"\n";
+    let e = parse_env(text, &[]).unwrap_err();
+    assert_eq!((e.position(), e.key()), (Some((3, 15)), "server.admin_token"), "{e}");
+    assert!(e.to_string().contains("has 0 characters"), "{e}");
+}
+
+#[test]
+fn admin_token_with_spaces_is_rejected() {
+    fails(
+        &format!("[server]\nadmin = \"127.0.0.1:2019\"\nadmin_token = \"{TOKEN} x\"\n"),
+        3,
+        15,
+        "server.admin_token",
+        "printable ASCII characters without spaces",
+    );
+}
+
+#[test]
+fn admin_token_without_admin_is_rejected() {
+    fails(
+        &format!("[server]\nadmin_token = \"{TOKEN}\"\n"),
+        2,
+        15,
+        "server.admin_token",
+        "no admin listener to protect",
+    );
+}
+
+#[test]
+fn admin_address_errors_are_precise() {
+    fails(
+        "[server]\nadmin = \"localhost:2019\"\n",
+        2,
+        9,
+        "server.admin",
+        "invalid listen address",
+    );
+    fails(
+        "[server]\nhttp = [\"127.0.0.1:8080\"]\nadmin = \"127.0.0.1:8080\"\n",
+        3,
+        9,
+        "server.admin",
+        "already used by server.http[0]",
+    );
+    fails("[server]\nadmin = 2019\n", 2, 9, "server.admin", "invalid type");
+}

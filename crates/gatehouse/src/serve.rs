@@ -1,10 +1,14 @@
 //! `gatehouse serve`: run until SIGTERM or SIGINT.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use gatehouse_admin::AdminState;
+use gatehouse_config::Config;
+use gatehouse_files::ReleaseStore;
 use gatehouse_observe::AccessLog;
 use gatehouse_store::Store;
 use gatehouse_store::backup::{self, BackupStatus, DataDirLock};
@@ -18,12 +22,25 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
     let _data_dir_lock = DataDirLock::acquire(data_dir)?;
     let access_log = AccessLog::start(&config.log.access_log, config.log.access_log_format)?;
     let bound = gatehouse_edge::bind(config.clone(), access_log.as_ref().and_then(AccessLog::sender))?;
+    // Bound with the edge's listeners: a busy admin port stops startup before
+    // anything serves.
+    let admin_listener = match &config.server.admin {
+        Some(admin) => Some(
+            std::net::TcpListener::bind(admin.listen)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .with_context(|| format!("cannot listen on server.admin {}", admin.listen))?,
+        ),
+        None => None,
+    };
     for addr in bound.local_addrs() {
         println!(
             "gatehouse {} is serving on {}",
             env!("CARGO_PKG_VERSION"),
             open_url(*addr)
         );
+    }
+    if let Some(listener) = &admin_listener {
+        println!("gatehouse admin API on http://{}/", listener.local_addr()?);
     }
     let server = bound.start()?;
 
@@ -39,11 +56,28 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
             let status = BackupStatus::new();
             backup::run_schedule(store.clone(), crate::storage::backup_options(&config), every, status)
         });
+        let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = match admin_listener {
+            Some(listener) => Some(start_admin(&config, listener, async move {
+                let _ = admin_stopped.await;
+            })?),
+            None => None,
+        };
         let signal = wait_for_signal().await?;
         tracing::info!(%signal, deadline = ?config.server.shutdown_timeout, "Shutting down gracefully.");
         server.shutdown();
+        let _ = admin_stop.send(());
+        // An upload still running past the deadline is dropped with the
+        // runtime; its staging directory is removed, the slot is unchanged.
+        let admin_done = async {
+            if let Some(task) = admin {
+                let _ = tokio::time::timeout(config.server.shutdown_timeout, task).await;
+            }
+        };
         let forced = tokio::select! {
-            () = server.wait() => false,
+            () = async {
+                tokio::join!(server.wait(), admin_done);
+            } => false,
             _ = wait_for_signal() => true,
         };
         if forced {
@@ -57,6 +91,38 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
     }
     tracing::info!("Stopped.");
     Ok(())
+}
+
+/// Serves the admin API on the control runtime until `shutdown`.
+fn start_admin(
+    config: &Config,
+    listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::from_std(listener).context("cannot use the admin listener")?;
+    let releases = ReleaseStore::open(&config.server.data_dir)
+        .with_context(|| format!("cannot open releases under {}", config.server.data_dir.display()))?;
+    // Only slots the config knows (served by a route or declared) are deployable.
+    let deploy = config
+        .releases
+        .iter()
+        .map(|r| (r.name.clone(), crate::releases::deploy_options(config, &r.name)))
+        .collect();
+    let token = config
+        .server
+        .admin
+        .as_ref()
+        .and_then(|a| a.token.as_ref())
+        .map(|t| t.expose().to_owned());
+    if token.is_none() {
+        tracing::info!("The admin API has no token: any local process may use it (loopback only).");
+    }
+    let router = gatehouse_admin::router(AdminState::new(releases, deploy, token));
+    Ok(tokio::spawn(async move {
+        if let Err(e) = gatehouse_admin::serve(listener, router, shutdown).await {
+            tracing::error!(error = %e, "The admin API stopped.");
+        }
+    }))
 }
 
 /// A URL a person can open for a listen address.
