@@ -24,6 +24,7 @@ PROFILE=0
 KEEP=0
 WAIT_QUIET=0 # seconds to wait for other load on the machine to go away
 QUIET_PCT=15 # a core busier than this before the runs counts as "not quiet"
+DISTURBED_PCT=10 # a run is disturbed when other work took more of the proxy's core
 
 PROXY_CPU=0 # every proxy runs here, alone
 LOAD_CPU=1  # wrk and the upstream share this one
@@ -127,6 +128,9 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 FD_NEED=$((CONNECTIONS * 2 + 256))
 (($(ulimit -n) >= FD_NEED)) || die "open-file limit $(ulimit -n) is below $FD_NEED for $CONNECTIONS connections"
 
+# The source the binary is built from, taken now: the tree may move during the run.
+GIT_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'no commit yet')"
+if [[ -n "$(git -C "$REPO" status --porcelain -- crates Cargo.toml Cargo.lock 2>/dev/null)" ]]; then GIT_REV+=" (+ uncommitted changes)"; fi
 GATEHOUSE=""
 if want gatehouse; then
     if [[ -n "${GATEHOUSE_BIN:-}" ]]; then
@@ -319,6 +323,10 @@ targets = ["127.0.0.1:$UPSTREAM_PORT"]
 EOF
 
 if want gatehouse; then
+    # Run a private copy: a rebuild during the run must not swap the binary under test
+    # (and perf needs the file to resolve symbols).
+    cp "$GATEHOUSE" "$TMP/gatehouse"
+    GATEHOUSE="$TMP/gatehouse"
     "$GATEHOUSE" check -c "$TMP/gatehouse.toml" >"$TMP/gatehouse-check.out" 2>&1 || {
         cat "$TMP/gatehouse-check.out" >&2
         die "gatehouse check rejected the benchmark config (bench/proxy.sh writes it; adapt it to docs/config.md)"
@@ -472,18 +480,39 @@ busy_now() { # -> "busy% of PROXY_CPU" "busy% of LOAD_CPU" over one second
         printf "%.0f %.0f\n", (a1 > a0) ? 100 * (1 - (i1 - i0) / (a1 - a0)) : 0, (b1 > b0) ? 100 * (1 - (j1 - j0) / (b1 - b0)) : 0 }'
 }
 QUIET_NOTE=""
-deadline=$((SECONDS + WAIT_QUIET))
-while :; do
-    read -r busy0 busy1 < <(busy_now)
-    ((busy0 <= QUIET_PCT && busy1 <= QUIET_PCT)) && break
-    if ((SECONDS >= deadline)); then
-        QUIET_NOTE="before the runs CPU$PROXY_CPU was ${busy0}% and CPU$LOAD_CPU ${busy1}% busy with other work"
-        log "warning: $QUIET_NOTE; numbers will be noisy (--wait-quiet SECONDS waits for a quiet machine)"
-        break
-    fi
-    log "machine busy (CPU$PROXY_CPU ${busy0}%, CPU$LOAD_CPU ${busy1}%), waiting up to $((deadline - SECONDS)) s more"
-    sleep 4
-done
+QUIET_DEADLINE=$((SECONDS + WAIT_QUIET)) # one budget for the whole run
+# wait_quiet : wait (within the budget) until neither core is busy with other work
+wait_quiet() {
+    local busy0 busy1
+    while :; do
+        read -r busy0 busy1 < <(busy_now)
+        ((busy0 <= QUIET_PCT && busy1 <= QUIET_PCT)) && return 0
+        ((SECONDS < QUIET_DEADLINE)) || return 1
+        log "machine busy (CPU$PROXY_CPU ${busy0}%, CPU$LOAD_CPU ${busy1}%), waiting up to $((QUIET_DEADLINE - SECONDS)) s more"
+        sleep 4
+    done
+}
+if ! wait_quiet; then
+    QUIET_NOTE="before the runs the machine was busy with other work"
+    log "warning: $QUIET_NOTE; numbers will be noisy (--wait-quiet SECONDS waits for a quiet machine)"
+fi
+
+# measure_clean ROUND SERVER : with --wait-quiet, a disturbed run is thrown away and
+# redone (twice at most).
+measure_clean() {
+    local attempt other
+    for ((attempt = 0; attempt < 3; attempt++)); do
+        ((WAIT_QUIET == 0 || attempt == 0)) || wait_quiet || true
+        measure "$1" "$2"
+        ((WAIT_QUIET > 0)) || return 0
+        [[ "$2" != direct ]] || return 0
+        other="$(tail -n 1 "$RESULTS" | awk -F'\t' '{ print int($10 - $9) }')"
+        ((other > DISTURBED_PCT)) || return 0
+        ((attempt < 2 && SECONDS < QUIET_DEADLINE)) || return 0
+        log "other work took ${other}% of CPU$PROXY_CPU during that run; redoing it"
+        sed -i '$d' "$RESULTS"
+    done
+}
 
 declare -A IDLE_KB
 for s in "${SERVERS[@]}"; do
@@ -497,11 +526,11 @@ if ((WARMUP > 0)); then
 fi
 
 log "direct-upstream baseline (wrk and upstream both on CPU $LOAD_CPU, as in the proxy runs)"
-measure 0 direct
+measure_clean 0 direct
 
 for ((round = 1; round <= ROUNDS; round++)); do
     log "round $round of $ROUNDS"
-    for s in "${SERVERS[@]}"; do measure "$round" "$s"; done
+    for s in "${SERVERS[@]}"; do measure_clean "$round" "$s"; done
 done
 
 declare -A PEAK_KB
@@ -523,6 +552,7 @@ if ((PERF)); then
     for s in "${SERVERS[@]}"; do
         window=$((DURATION > 3 ? DURATION - 2 : 1))
         read -r -a p <<<"${PIDS[$s]}"
+        ((WAIT_QUIET == 0)) || wait_quiet || true
         side_job perf stat -x, -e raw_syscalls:sys_enter,task-clock,context-switches \
             -p "$(join_comma "${p[@]}")" -o "$TMP/perf-$s.csv" -- sleep "$window"
         run_wrk "$s" "$TMP/wrk-$s-perf.txt" "$DURATION"
@@ -544,6 +574,7 @@ PROFILE_TXT=""
 if ((PROFILE)); then
     log "perf record of gatehouse under load (${DURATION}s, not part of the table)"
     window=$((DURATION > 3 ? DURATION - 2 : 1))
+    ((WAIT_QUIET == 0)) || wait_quiet || true
     # shellcheck disable=SC2086 # the pid list is split on purpose
     side_job perf record -q -e cpu-clock -F 999 -p "$(join_comma ${PIDS[gatehouse]})" \
         -o "$TMP/perf-gatehouse.data" -- sleep "$window"
@@ -555,6 +586,9 @@ if ((PROFILE)); then
     PROFILE_TXT+=$'\n\n'
     PROFILE_TXT+="$(perf report -i "$TMP/perf-gatehouse.data" --stdio --no-children --fields overhead,dso,sym --percent-limit 1.5 2>/dev/null |
         grep -v '^#' | grep -v '^$' | head -n 30 || true)"
+    PROFILE_TXT+=$'\n\n'"inside the gatehouse binary (share of all samples):"$'\n'
+    PROFILE_TXT+="$(perf report -i "$TMP/perf-gatehouse.data" --stdio --no-children --dsos gatehouse --fields overhead,sym 2>/dev/null |
+        grep -v '^#' | grep -v '^$' | head -n 15 || true)"
 fi
 
 sleep 1 # let buffered access logs reach their files
@@ -572,13 +606,19 @@ HAPROXY_V="$(command -v haproxy >/dev/null && haproxy -v 2>/dev/null | awk 'NR =
 WRK_V="$(wrk --version 2>&1 | awk 'NR == 1 { print $2 }' || true)"
 GH_V="-"
 if want gatehouse; then GH_V="$("$GATEHOUSE" --version 2>/dev/null | head -n 1 || echo '?')"; fi
-GIT_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'no commit yet')"
-if [[ -n "$(git -C "$REPO" status --porcelain -- crates Cargo.toml Cargo.lock 2>/dev/null)" ]]; then GIT_REV+=" (+ uncommitted changes)"; fi
 STAMP="$(date +%Y-%m-%d-%H%M%S)"
 
-# median/min/max of a column for one server over rounds >= 1 (round 0 = baseline)
-stat_col() { # SERVER COLUMN -> "median min max"
-    awk -F'\t' -v s="$1" -v c="$2" '$2 == s { print $c }' "$RESULTS" | sort -g | awk '
+# clean_rows SERVER : the server's rows from undisturbed runs, or all its rows if
+# every run was disturbed.
+clean_rows() {
+    awk -F'\t' -v s="$1" -v d="$DISTURBED_PCT" '
+        $2 == s { all[++n] = $0; if (s == "direct" || $10 - $9 <= d) clean[++k] = $0 }
+        END { if (k) for (i = 1; i <= k; i++) print clean[i]; else for (i = 1; i <= n; i++) print all[i] }' "$RESULTS"
+}
+
+# stat_col SERVER COLUMN -> "median min max" over the server's clean runs
+stat_col() {
+    clean_rows "$1" | awk -F'\t' -v c="$2" '{ print $c }' | sort -g | awk '
         { v[NR] = $1 }
         END {
             if (NR == 0) { print "- - -"; exit }
@@ -587,8 +627,20 @@ stat_col() { # SERVER COLUMN -> "median min max"
         }'
 }
 
+# runs_used SERVER -> "2/3": runs the medians are taken from / runs made
+runs_used() {
+    echo "$(clean_rows "$1" | wc -l)/$(awk -F'\t' -v s="$1" '$2 == s { n++ } END { print n + 0 }' "$RESULTS")"
+}
+
 report() {
     local s rps p50 p99 cpu us mn mx bad flag
+    local contended all_disturbed
+    contended="$(awk -F'\t' -v d="$DISTURBED_PCT" '$2 != "direct" && $10 - $9 > d { n++ } END { print n + 0 }' "$RESULTS")"
+    all_disturbed=""
+    for s in "${SERVERS[@]}"; do
+        awk -F'\t' -v s="$s" -v d="$DISTURBED_PCT" '$2 == s && $10 - $9 <= d { ok = 1 } END { exit !ok }' "$RESULTS" ||
+            all_disturbed+=" $s"
+    done
     echo "# Proxy benchmark, $STAMP"
     echo
     echo "- command: \`$INVOCATION\`${GATEHOUSE_BIN:+ with \`GATEHOUSE_BIN=$GATEHOUSE_BIN\`}"
@@ -597,8 +649,8 @@ report() {
     echo "- load: \`taskset -c $LOAD_CPU wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\`, ${WARMUP}s warm-up each, $ROUNDS alternating rounds (${SERVERS[*]}); median of the rounds shown"
     echo "- proxies pinned to CPU $PROXY_CPU, one worker/thread, access log to a file, keep-alive to the upstream; upstream nginx (\`return 200 \"hello world\\n\"\`, 1 worker) and wrk share CPU $LOAD_CPU"
     echo
-    echo "| server | req/s (median) | req/s (min–max) | p50 ms | p99 ms | proxy CPU | CPU µs/request | idle RSS | peak RSS | access-log lines |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| server | req/s (median) | req/s (min–max) | p50 ms | p99 ms | proxy CPU | CPU µs/request | idle RSS | peak RSS | access-log lines | runs used |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     for s in direct "${SERVERS[@]}"; do
         read -r rps mn mx < <(stat_col "$s" 3)
         read -r p50 _ _ < <(stat_col "$s" 4)
@@ -607,36 +659,40 @@ report() {
         read -r us _ _ < <(stat_col "$s" 12)
         bad="$(awk -F'\t' -v s="$s" '$2 == s { n += $7 + $8 } END { print n + 0 }' "$RESULTS")"
         if [[ "$s" == direct ]]; then
-            printf '| %s | %.0f | – | %.2f | %.2f | – | – | – | – | – |\n' "${LABEL[$s]}" "$rps" "$p50" "$p99"
+            printf '| %s | %.0f | – | %.2f | %.2f | – | – | – | – | – | 1/1 |\n' "${LABEL[$s]}" "$rps" "$p50" "$p99"
         else
             flag=""
             ((bad == 0)) || flag=" ⚠ $bad errors"
-            printf '| %s%s | %.0f | %.0f–%.0f | %.2f | %.2f | %.0f%% | %.1f | %.1f MB | %.1f MB | %s |\n' \
+            printf '| %s%s | %.0f | %.0f–%.0f | %.2f | %.2f | %.0f%% | %.1f | %.1f MB | %.1f MB | %s | %s |\n' \
                 "${LABEL[$s]}" "$flag" "$rps" "$mn" "$mx" "$p50" "$p99" "$cpu" "$us" \
                 "$(awk -v k="${IDLE_KB[$s]}" 'BEGIN { print k / 1024 }')" \
-                "$(awk -v k="${PEAK_KB[$s]}" 'BEGIN { print k / 1024 }')" "${LOG_LINES[$s]}"
+                "$(awk -v k="${PEAK_KB[$s]}" 'BEGIN { print k / 1024 }')" "${LOG_LINES[$s]}" "$(runs_used "$s")"
         fi
     done
     echo
     if want gatehouse; then
-        local peer g_rps g_p99 p_rps p_p99
+        local peer g_rps g_p99 g_us p_rps p_p99 p_us
         read -r g_rps _ _ < <(stat_col gatehouse 3)
+        read -r g_us _ _ < <(stat_col gatehouse 12)
         read -r g_p99 _ _ < <(stat_col gatehouse 5)
         for peer in nginx haproxy; do
             want "$peer" || continue
             read -r p_rps _ _ < <(stat_col "$peer" 3)
             read -r p_p99 _ _ < <(stat_col "$peer" 5)
-            awk -v n="${LABEL[$peer]%% *}" -v gr="$g_rps" -v pr="$p_rps" -v gp="$g_p99" -v pp="$p_p99" \
-                -v gk="${PEAK_KB[gatehouse]}" -v pk="${PEAK_KB[$peer]}" 'BEGIN {
-                printf "- gatehouse / %s: **%.2f×** req/s, p99 %.2f× (lower is better), peak RSS %.2f×\n", n, gr / pr, gp / pp, gk / pk
+            read -r p_us _ _ < <(stat_col "$peer" 12)
+            local caveat=""
+            [[ " $all_disturbed " != *" $peer "* && " $all_disturbed " != *" gatehouse "* ]] ||
+                caveat=" — not comparable: every run of one of them was disturbed"
+            awk -v c="$caveat" -v n="${LABEL[$peer]%% *}" -v gr="$g_rps" -v pr="$p_rps" -v gp="$g_p99" -v pp="$p_p99" \
+                -v gu="$g_us" -v pu="$p_us" -v gk="${PEAK_KB[gatehouse]}" -v pk="${PEAK_KB[$peer]}" 'BEGIN {
+                printf "- gatehouse / %s: **%.2f×** req/s; p99 %.2f×, CPU per request %.2f×, peak RSS %.2f× (these three: lower is better)%s\n",
+                    n, gr / pr, gp / pp, gu / pu, gk / pk, c
             }'
         done
         echo
     fi
-    local contended
-    contended="$(awk -F'\t' '$2 != "direct" && $10 - $9 > 10 { n++ } END { print n + 0 }' "$RESULTS")"
     if [[ -n "$QUIET_NOTE" ]] || ((contended > 0)); then
-        echo "**Warning: the machine was not quiet.** ${QUIET_NOTE:+${QUIET_NOTE^}. }$contended proxy run(s) had more than 10% of CPU$PROXY_CPU used by something other than the proxy (see \"CPU$PROXY_CPU other\" below). Treat these numbers as noisy and rerun on a quiet machine."
+        echo "**Warning: the machine was not quiet.** ${QUIET_NOTE:+${QUIET_NOTE^}. }$contended proxy run(s) had more than $DISTURBED_PCT% of CPU$PROXY_CPU used by something other than the proxy (see \"CPU$PROXY_CPU other\" below); the medians above leave those runs out (\"runs used\")${all_disturbed:+, except for${all_disturbed}, which had no undisturbed run and whose numbers are not comparable}. On a contended core the scheduler does not share time evenly between servers; CPU µs/request is the figure that survives. For a clean table rerun on a quiet machine, or with \`--wait-quiet 600\`, which redoes disturbed runs."
         echo
     fi
     echo "Per round (round 0 is the direct baseline; CPU busy is the whole core, from /proc/stat; \"other\" is CPU$PROXY_CPU time not used by the proxy):"
@@ -657,7 +713,7 @@ report() {
     fi
     if [[ -n "$PROFILE_TXT" ]]; then
         echo
-        echo "gatehouse CPU profile (\`perf record -e cpu-clock\`, one extra ${DURATION}s run; by binary, then symbols ≥ 1.5%):"
+        echo "gatehouse CPU profile (\`perf record -e cpu-clock\`, one extra ${DURATION}s run; by binary, all symbols ≥ 1.5%, then gatehouse's own top 15):"
         echo
         echo '```'
         echo "$PROFILE_TXT"
