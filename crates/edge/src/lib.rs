@@ -51,3 +51,40 @@ pub enum EdgeError {
     #[error("cannot start worker thread: {0}")]
     Thread(#[source] std::io::Error),
 }
+
+/// Entry points for the fuzz targets in `fuzz/` and the property tests in
+/// `tests/properties.rs`: thin, owned-value wrappers around the crate-private
+/// parsers that face the network. Not part of the public API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::net::IpAddr;
+
+    use http::{HeaderMap, HeaderValue};
+    use ipnet::IpNet;
+
+    /// `path::normalize`: the normalised request path, or `None` when the path
+    /// is refused.
+    pub fn normalize_path(path: &str) -> Option<String> {
+        crate::path::normalize(path).ok().map(std::borrow::Cow::into_owned)
+    }
+
+    /// `router::normalize_host`: the host name routes are matched on, or `None`
+    /// when the `Host` value is refused.
+    pub fn normalize_host(raw: &[u8]) -> Option<String> {
+        crate::router::normalize_host(raw)
+            .ok()
+            .map(std::borrow::Cow::into_owned)
+    }
+
+    /// `forwarding::client_ip`: the client address after walking
+    /// `X-Forwarded-For` through trusted proxies.
+    pub fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+        crate::forwarding::client_ip(headers, peer, trusted)
+    }
+
+    /// `forwarding::strip_hop_by_hop`: removes hop-by-hop headers, returning the
+    /// `Upgrade` value to forward.
+    pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
+        crate::forwarding::strip_hop_by_hop(headers)
+    }
+}

@@ -1,0 +1,10 @@
+//! The static server's request path → file path (`gatehouse-files` `path.rs`).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(path) = std::str::from_utf8(data) {
+        gatehouse_fuzz::edge::check_static_path(path);
+    }
+});
