@@ -15,12 +15,12 @@ use gatehouse_files::range::{COALESCE_GAP, RangeOutcome, parse_range};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
-/// Whether properties that known bugs break are asserted too: set
-/// `GATEHOUSE_FUZZ_STRICT=1` to reproduce the findings in `docs/fuzzing.md`.
-/// Off by default, so the fuzzers and the property tests look for new bugs.
+/// Whether every property is asserted. The bugs listed in `docs/fuzzing.md` are
+/// fixed, so this is on by default; `GATEHOUSE_FUZZ_STRICT=0` excuses the
+/// inputs they used to affect (to bisect an old build).
 pub fn strict() -> bool {
     static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("GATEHOUSE_FUZZ_STRICT").is_some_and(|v| v != "0"))
+    *STRICT.get_or_init(|| std::env::var_os("GATEHOUSE_FUZZ_STRICT").is_none_or(|v| v != "0"))
 }
 
 // ---------------------------------------------------------------------------

@@ -9,9 +9,10 @@ use crate::error::ErrorKind;
 
 pub(crate) struct Expanded {
     pub(crate) text: String,
-    /// `(expanded_offset, original_offset)` at the start of every piece copied
-    /// verbatim; offsets inside a substituted value map to the `${` that produced it.
-    segments: Vec<(usize, usize)>,
+    /// `(expanded_offset, original_offset, verbatim)` at the start of every
+    /// piece: offsets inside a verbatim piece map one to one; offsets inside a
+    /// substituted value map to the `${` that produced it.
+    segments: Vec<(usize, usize, bool)>,
 }
 
 pub(crate) struct ExpandError {
@@ -21,9 +22,10 @@ pub(crate) struct ExpandError {
 
 impl Expanded {
     pub(crate) fn original_offset(&self, offset: usize) -> usize {
-        let idx = self.segments.partition_point(|&(exp, _)| exp <= offset);
+        let idx = self.segments.partition_point(|&(exp, _, _)| exp <= offset);
         match idx.checked_sub(1).and_then(|i| self.segments.get(i)) {
-            Some(&(exp, orig)) => orig + (offset - exp),
+            Some(&(exp, orig, true)) => orig + (offset - exp),
+            Some(&(_, orig, false)) => orig,
             None => offset,
         }
     }
@@ -33,11 +35,11 @@ pub(crate) fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result
     if !text.contains("${") {
         return Ok(Expanded {
             text: text.to_owned(),
-            segments: vec![(0, 0)],
+            segments: vec![(0, 0, true)],
         });
     }
     let mut out = String::with_capacity(text.len());
-    let mut segments = vec![(0, 0)];
+    let mut segments = vec![(0, 0, true)];
     let mut line_start = 0;
     for line in text.split_inclusive('\n') {
         let is_comment = line.trim_start().starts_with('#');
@@ -49,7 +51,7 @@ pub(crate) fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result
                 // `$${` → literal `${`
                 out.push_str(&rest[..i]);
                 out.push_str("${");
-                segments.push((out.len(), pos + i + 3));
+                segments.push((out.len(), pos + i + 3, true));
                 rest = tail;
                 pos += i + 3;
             } else if let Some(body) = after.strip_prefix('{') {
@@ -86,10 +88,10 @@ pub(crate) fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result
                     }
                 };
                 // Everything produced by the substitution maps back to the `${`.
-                segments.push((out.len(), start));
+                segments.push((out.len(), start, false));
                 out.push_str(&value);
                 let consumed = i + 2 + end + 1;
-                segments.push((out.len(), pos + consumed));
+                segments.push((out.len(), pos + consumed, true));
                 rest = &rest[consumed..];
                 pos += consumed;
             } else {

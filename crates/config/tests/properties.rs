@@ -267,8 +267,7 @@ fn substituted_values_behave_like_literal_text() {
 /// at the `${` plus its distance into the value — here on a comment line three
 /// lines down — instead of at the `${`.
 #[test]
-#[ignore = "known bug: interpolate.rs maps offsets inside a substituted value past the `${`"]
-fn known_bug_error_inside_substituted_value_points_at_the_reference() {
+fn fixed_error_inside_substituted_value_points_at_the_reference() {
     // The fuzzer's reduced input: `${N}` with N = `~#` is reported at 1:2.
     check_substitution_with("", "~#", "", true);
     check_substitution_with(

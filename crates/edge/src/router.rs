@@ -174,35 +174,50 @@ impl Router {
 }
 
 /// Extracts the host used for site matching: lower-cased, without port or
-/// trailing dot. Returns `Err` for a syntactically invalid host.
+/// trailing dots. Returns `Err` for a syntactically invalid host.
+///
+/// Accepted forms (RFC 9110 §7.2, RFC 3986 §3.2.2): `name[:port]`, `IPv4[:port]`
+/// and `[IPv6][:port]`. A name may contain only letters, digits, `.`, `-` and
+/// `_`; a `:` ends it and everything after must be digits, so a value such as
+/// `evil:1.example.org:443` is refused rather than matched as `*.example.org`.
 pub(crate) fn normalize_host(raw: &[u8]) -> Result<std::borrow::Cow<'_, str>, ()> {
     let s = std::str::from_utf8(raw).map_err(|_| ())?;
-    let host = if s.starts_with('[') {
-        let end = s.find(']').ok_or(())?;
-        let after = &s[end + 1..];
-        if !(after.is_empty() || (after.starts_with(':') && after[1..].bytes().all(|b| b.is_ascii_digit()))) {
-            return Err(());
+    let port_ok = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(rest) = s.strip_prefix('[') {
+        let end = rest.find(']').ok_or(())?;
+        let (inside, after) = (&rest[..end], &rest[end + 1..]);
+        inside.parse::<std::net::Ipv6Addr>().map_err(|_| ())?;
+        match after.strip_prefix(':') {
+            Some(port) if port_ok(port) => {}
+            None if after.is_empty() => {}
+            _ => return Err(()),
         }
-        &s[..=end]
-    } else {
-        match s.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            Some(_) => return Err(()),
-            None => s,
-        }
+        let host = &s[..end + 2];
+        return Ok(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(host)
+        });
+    }
+    let (name, port) = match s.split_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (s, None),
     };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty()
-        || !host
+    if port.is_some_and(|p| !port_ok(p)) {
+        return Err(());
+    }
+    let name = name.trim_end_matches('.');
+    if name.is_empty()
+        || !name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'[' | b']' | b':'))
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
     {
         return Err(());
     }
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Ok(std::borrow::Cow::Owned(host.to_ascii_lowercase()))
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Ok(std::borrow::Cow::Owned(name.to_ascii_lowercase()))
     } else {
-        Ok(std::borrow::Cow::Borrowed(host))
+        Ok(std::borrow::Cow::Borrowed(name))
     }
 }
 
@@ -323,5 +338,14 @@ default = true
         assert!(normalize_host(b"").is_err());
         assert!(normalize_host(b"[::1]x").is_err());
         assert!(normalize_host(b"a.com/evil").is_err());
+        // Colons and brackets never survive into a name.
+        assert!(normalize_host(b"evil:1.example.org:443").is_err());
+        assert!(normalize_host(b"a:1:2").is_err());
+        assert!(normalize_host(b"::1").is_err());
+        assert!(normalize_host(b".[").is_err());
+        assert!(normalize_host(b"[not-v6]").is_err());
+        assert_eq!(normalize_host(b"a.com..").unwrap(), "a.com");
+        assert_eq!(normalize_host(b"[::1]").unwrap(), "[::1]");
+        assert_eq!(normalize_host(b"example.com:").unwrap(), "example.com");
     }
 }

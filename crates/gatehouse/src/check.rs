@@ -1,14 +1,17 @@
 //! `gatehouse check`: validate and summarise a config.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::Path;
 
 use gatehouse_config::{Action, Config, HostPattern, StaticSource};
 
 pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
     let config = gatehouse_config::load(path)?;
-    print!("{}", summary(&config));
-    println!("{}: ok", path.display());
+    // Write errors (a closed pipe, as in `gatehouse check | head`) end the
+    // output quietly instead of panicking in `println!`.
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "{}", summary(&config)).and_then(|()| writeln!(out, "{}: ok", path.display()));
     Ok(())
 }
 

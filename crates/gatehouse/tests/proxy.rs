@@ -399,8 +399,17 @@ async fn request_bodies_stream_both_ways() {
 #[tokio::test]
 async fn missing_or_bad_host_is_rejected() {
     let gh = Gatehouse::start("[[site]]\ndefault = true\n[[site.route]]\npath = \"/\"\nrespond = {}\n");
-    let r = get(&gh.url("/"), &[("host", "bad host")]).await;
-    assert_eq!(r.status, 400);
+    for bad in [
+        "bad host",
+        "evil:1.example.org:443",
+        "a:1:2",
+        "[::1",
+        "[nope]:80",
+        "x.com:8o",
+    ] {
+        let r = get(&gh.url("/"), &[("host", bad)]).await;
+        assert_eq!(r.status, 400, "Host {bad:?}");
+    }
     let r = get(&gh.url("/"), &[("host", "anything.example")]).await;
     assert_eq!(r.status, 200, "the default site answers unknown hosts");
 }
