@@ -2,10 +2,10 @@
 //!
 //! Configuration has two layers (see `ARCHITECTURE.md`):
 //!
-//! 1. [`file`] — the serde model of `gatehouse.toml`. It mirrors the file exactly,
+//! 1. [`file`](crate::file) — the serde model of `gatehouse.toml`. It mirrors the file exactly,
 //!    rejects unknown keys, and keeps the source span of every value that later
 //!    validation may need to point at.
-//! 2. [`model`] — the typed runtime configuration the rest of the program uses:
+//! 2. [`model`](crate::model) — the typed runtime configuration the rest of the program uses:
 //!    socket addresses, durations, CIDR networks, resolved upstream indices. Invalid
 //!    states cannot be represented there, so consumers never re-validate.
 //!
