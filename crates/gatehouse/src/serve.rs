@@ -19,7 +19,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
     let data_dir = &config.server.data_dir;
     std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
     // Held until exit: `gatehouse restore` refuses to overwrite a live data_dir.
-    let _data_dir_lock = DataDirLock::acquire(data_dir)?;
+    let _data_dir_lock = DataDirLock::acquire(data_dir).context("cannot start")?;
     let access_log = AccessLog::start(&config.log.access_log, config.log.access_log_format)?;
     let bound = gatehouse_edge::bind(config.clone(), access_log.as_ref().and_then(AccessLog::sender))?;
     // Bound with the edge's listeners: a busy admin port stops startup before

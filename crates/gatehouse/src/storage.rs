@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use gatehouse_config::Config;
-use gatehouse_store::backup::{self, BackupOptions, RestoreOptions};
+use gatehouse_store::backup::{self, BackupError, BackupOptions, RestoreOptions};
 use gatehouse_store::{Store, StoreOptions};
 
 /// How long `gatehouse backup` waits for the database before giving up.
@@ -79,7 +79,11 @@ pub(crate) fn restore(config_path: &Path, archive: &Path, force: bool) -> anyhow
             force,
             backup_dir: Some(config.backup.dir.clone()),
         },
-    )?;
+    )
+    .map_err(|e| match e {
+        BackupError::Lock(lock) => anyhow::anyhow!("{lock}, or pass --force to restore anyway"),
+        other => other.into(),
+    })?;
     println!(
         "restored {} into {} ({} files verified)",
         archive.display(),

@@ -186,6 +186,11 @@ fn backup_and_restore_round_trip() {
     let (code, _, err) = run(&["restore", &archive, "-c", &cfg]);
     assert_eq!(code, 1);
     assert!(err.contains("in use by a running gatehouse"), "{err}");
+    assert!(err.contains("or pass --force"), "{err}");
+    // A second server on the same data directory is refused too.
+    let (code, _, err) = run(&["serve", "-c", &cfg]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot start") && err.contains("stop it first"), "{err}");
 
     gh.signal("TERM");
     assert_eq!(gh.wait_exit(Duration::from_secs(10)), Some(0));

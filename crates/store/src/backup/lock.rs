@@ -17,8 +17,7 @@ pub const LOCK_FILE_NAME: &str = "gatehouse.lock";
 pub enum LockError {
     /// Another process (or another handle in this one) holds the lock.
     #[error(
-        "data dir {} is in use by a running gatehouse{} (lock file {}); stop it first, \
-         or force the restore",
+        "data dir {} is in use by a running gatehouse{} (lock file {}); stop it first",
         .data_dir.display(),
         .pid.map(|p| format!(" (pid {p})")).unwrap_or_default(),
         .lock_file.display()
