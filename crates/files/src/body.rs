@@ -183,8 +183,14 @@ impl Stream {
                     *len -= n;
                     self.reads += 1;
                     let pos = self.pos;
+                    // The buffer is allocated here, on the serving thread, so it is
+                    // also freed by the thread that allocated it: with per-thread
+                    // allocator heaps, buffers allocated on short-lived blocking
+                    // threads were retained there (gigabytes under load).
+                    // n <= READ_CHUNK_BULK, so it fits in usize on every platform.
+                    let buf = vec![0u8; n as usize];
                     self.reading = Some(tokio::task::spawn_blocking(move || {
-                        let res = read_at(&mut file, pos, at, n);
+                        let res = read_at(&mut file, pos, at, buf);
                         (file, at + n, res)
                     }));
                 }
@@ -200,12 +206,10 @@ impl Stream {
     }
 }
 
-fn read_at(file: &mut File, pos: u64, at: u64, n: u64) -> io::Result<Bytes> {
+fn read_at(file: &mut File, pos: u64, at: u64, mut buf: Vec<u8>) -> io::Result<Bytes> {
     if pos != at {
         file.seek(SeekFrom::Start(at))?;
     }
-    // n <= READ_CHUNK_BULK, so it fits in usize on every platform.
-    let mut buf = vec![0u8; n as usize];
     file.read_exact(&mut buf)?;
     Ok(Bytes::from(buf))
 }
