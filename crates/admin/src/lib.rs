@@ -27,6 +27,7 @@ mod error;
 mod releases;
 mod state;
 mod upload;
+mod upstreams;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,6 +40,7 @@ use axum::routing::get;
 
 pub use error::ApiError;
 pub use state::{AdminState, DEFAULT_UPLOAD_IDLE_TIMEOUT, DEFAULT_UPLOAD_TIMEOUT};
+pub use upstreams::{TargetView, UpstreamView, UpstreamsSource};
 
 /// Largest body of a request that is not an upload (a rollback's
 /// `{"id": "…"}`): anything bigger is not a well-meant request.
@@ -53,6 +55,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .merge(releases::routes())
+        .merge(upstreams::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Buffered bodies (JSON) are small; uploads stream and are bounded per

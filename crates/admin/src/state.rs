@@ -27,6 +27,7 @@ pub struct AdminState {
     token: Option<Arc<Token>>,
     pub(crate) upload_idle_timeout: Duration,
     pub(crate) upload_timeout: Duration,
+    pub(crate) upstreams: Option<crate::upstreams::UpstreamsSource>,
 }
 
 /// A deployable slot.
@@ -55,6 +56,12 @@ impl fmt::Debug for Token {
 }
 
 impl AdminState {
+    /// Adds the live upstream view served at `GET /upstreams`.
+    pub fn with_upstreams(mut self, source: crate::upstreams::UpstreamsSource) -> Self {
+        self.upstreams = Some(source);
+        self
+    }
+
     /// State for [`router`](crate::router).
     ///
     /// `deploy` names the slots that may be deployed to (those the config
@@ -79,6 +86,7 @@ impl AdminState {
             token: token.map(|t| Arc::new(Token(t.into_bytes().into_boxed_slice()))),
             upload_idle_timeout: DEFAULT_UPLOAD_IDLE_TIMEOUT,
             upload_timeout: DEFAULT_UPLOAD_TIMEOUT,
+            upstreams: None,
         }
     }
 

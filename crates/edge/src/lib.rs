@@ -21,7 +21,7 @@ mod server;
 mod statics;
 
 pub use body::{RequestBody, ResponseBody};
-pub use server::{BoundServer, RunningServer, bind};
+pub use server::{BoundServer, RunningServer, TargetStatus, UpstreamStatus, UpstreamsView, bind};
 
 use std::net::SocketAddr;
 

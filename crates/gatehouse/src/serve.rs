@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use gatehouse_admin::AdminState;
+use gatehouse_admin::{AdminState, TargetView, UpstreamView, UpstreamsSource};
 use gatehouse_config::Config;
 use gatehouse_files::ReleaseStore;
 use gatehouse_observe::AccessLog;
@@ -58,7 +58,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
         });
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin = match admin_listener {
-            Some(listener) => Some(start_admin(&config, listener, async move {
+            Some(listener) => Some(start_admin(&config, server.upstreams(), listener, async move {
                 let _ = admin_stopped.await;
             })?),
             None => None,
@@ -96,6 +96,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
 /// Serves the admin API on the control runtime until `shutdown`.
 fn start_admin(
     config: &Config,
+    upstreams: gatehouse_edge::UpstreamsView,
     listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -117,7 +118,27 @@ fn start_admin(
     if token.is_none() {
         tracing::info!("The admin API has no token: any local process may use it (loopback only).");
     }
-    let router = gatehouse_admin::router(AdminState::new(releases, deploy, token));
+    let upstreams = UpstreamsSource::new(move || {
+        upstreams
+            .snapshot()
+            .into_iter()
+            .map(|u| UpstreamView {
+                name: u.name,
+                policy: u.policy.to_owned(),
+                targets: u
+                    .targets
+                    .into_iter()
+                    .map(|t| TargetView {
+                        address: t.address,
+                        weight: t.weight,
+                        state: t.state.to_owned(),
+                        ejected_for_ms: t.ejected_for.as_millis() as u64,
+                    })
+                    .collect(),
+            })
+            .collect()
+    });
+    let router = gatehouse_admin::router(AdminState::new(releases, deploy, token).with_upstreams(upstreams));
     Ok(tokio::spawn(async move {
         if let Err(e) = gatehouse_admin::serve(listener, router, shutdown).await {
             tracing::error!(error = %e, "The admin API stopped.");

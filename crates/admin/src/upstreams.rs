@@ -1,0 +1,65 @@
+//! `GET /upstreams`: the live state of every upstream target.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::state::AdminState;
+
+/// One upstream, as the admin API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UpstreamView {
+    /// `[upstream.NAME]`
+    pub name: String,
+    /// Balancing policy.
+    pub policy: String,
+    /// Targets in config order.
+    pub targets: Vec<TargetView>,
+}
+
+/// One target, as the admin API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TargetView {
+    /// `host:port`
+    pub address: String,
+    /// Configured weight.
+    pub weight: u32,
+    /// `up`, `down` (failing active checks) or `ejected` (passive checks).
+    pub state: String,
+    /// Milliseconds left in an ejection (0 when not ejected).
+    pub ejected_for_ms: u64,
+}
+
+/// Produces the current upstream states; the binary wires it to the edge.
+#[derive(Clone)]
+pub struct UpstreamsSource(Arc<dyn Fn() -> Vec<UpstreamView> + Send + Sync>);
+
+impl UpstreamsSource {
+    /// Wraps a snapshot function.
+    pub fn new(f: impl Fn() -> Vec<UpstreamView> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for UpstreamsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpstreamsSource")
+    }
+}
+
+#[derive(Serialize)]
+struct Body {
+    upstreams: Vec<UpstreamView>,
+}
+
+pub(crate) fn routes() -> Router<AdminState> {
+    Router::new().route("/upstreams", get(list))
+}
+
+async fn list(State(state): State<AdminState>) -> Json<Body> {
+    let upstreams = state.upstreams.as_ref().map(|f| (f.0)()).unwrap_or_default();
+    Json(Body { upstreams })
+}
