@@ -264,3 +264,29 @@ async fn concurrent_large_downloads_keep_memory_and_threads_bounded() {
     // few others; an unbounded blocking pool reached hundreds here.
     assert!(threads <= 40, "{threads} threads");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_continues_while_the_database_is_down() {
+    let dir = TempDir::new("gh-db-down");
+    // Nothing listens on port 1: the store retries in the background.
+    let toml = format!(
+        "[server]\nhttp = [\"127.0.0.1:0\"]\ndata_dir = \"{}\"\n[log]\naccess_log = \"off\"\n\
+         [store]\nurl = \"postgres://postgres@127.0.0.1:1/gatehouse\"\nconnect_timeout = \"200ms\"\n\
+         [[site]]\ndefault = true\n[[site.route]]\npath = \"/\"\nrespond = {{ body = \"still here\" }}\n",
+        dir.0.join("data").display()
+    );
+    let mut gh = Process::serve(Path::new(BIN), &toml);
+    let started = Instant::now();
+    let r = get(&format!("http://{}/", gh.addr), &[]).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "still here"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "requests do not wait for the database"
+    );
+    gh.signal("TERM");
+    assert_eq!(
+        gh.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "shutdown does not hang on the store"
+    );
+}
