@@ -12,6 +12,8 @@
 #                       [--perf] [--profile] [--keep] [--wait-quiet SECONDS]
 # Env:   GATEHOUSE_BIN=path  use this binary instead of `cargo build --release`.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------- settings
 ROUNDS=3
@@ -39,16 +41,12 @@ declare -A LABEL=(
 )
 ORDER=(nginx haproxy gatehouse) # the A B C of each round
 
-usage() {
-    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
-}
 
 die() {
     echo "proxy.sh: $*" >&2
     exit 1
 }
 
-log() { echo "==> $*" >&2; }
 
 INVOCATION="bench/proxy.sh"
 for arg in "$@"; do
@@ -85,11 +83,6 @@ while (($#)); do
     esac
 done
 
-int_in_range() { # name value min max
-    if ! [[ "$2" =~ ^[0-9]+$ ]] || (($2 < $3 || $2 > $4)); then
-        die "--$1 must be an integer in $3..$4, got '$2'"
-    fi
-}
 int_in_range rounds "$ROUNDS" 1 50
 int_in_range duration "$DURATION" 1 600
 int_in_range connections "$CONNECTIONS" 1 10000
@@ -105,7 +98,6 @@ for w in "${wanted[@]}"; do
     [[ -n "${PORT[$w]:-}" && "$w" != direct ]] || die "--only: unknown server '$w' (nginx, haproxy, gatehouse)"
 done
 ((${#SERVERS[@]})) || die "--only selected no server"
-want() { [[ " ${SERVERS[*]} " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- preflight
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -119,7 +111,6 @@ want haproxy && { command -v haproxy >/dev/null || die "'haproxy' not found (apt
 if ((PERF || PROFILE)); then command -v perf >/dev/null || die "--perf/--profile need 'perf' (apt-get install -y linux-perf)"; fi
 if ((PROFILE)) && ! want gatehouse; then die "--profile profiles gatehouse; include it in --only"; fi
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in "$UPSTREAM_PORT" $(for s in "${SERVERS[@]}"; do echo "${PORT[$s]}"; done); do
     port_busy "$p" && die "127.0.0.1:$p is already in use; stop whatever listens there (a system nginx/haproxy service?)"
 done
@@ -188,16 +179,7 @@ start() {
     PIDS[$name]="$pid"
 }
 
-children() { ps -o pid= --ppid "$1" 2>/dev/null | tr -s ' \n' ' ' || true; }
 
-show_output() {
-    local f
-    for f in "$TMP/$1.out" "$TMP/$1.err"; do
-        [[ -s "$f" ]] || continue
-        echo "--- ${f#"$TMP"/}:" >&2
-        tail -n 30 "$f" >&2
-    done
-}
 
 # wait_ready NAME PORT : until GET / answers 200 "hello world" (at most 10 s)
 wait_ready() {
@@ -353,54 +335,11 @@ done
 # HAProxy's stdout is its access log.
 if want haproxy; then ln -s "$TMP/haproxy.out" "$TMP/haproxy-access.log"; fi
 
-# ---------------------------------------------------------------- measuring
-# Sum of VmRSS / VmHWM (kB) over a server's processes.
-mem_kb() { # FIELD PIDS...
-    local field="$1" total=0 pid v
-    shift
-    for pid in "$@"; do
-        v="$(awk -v f="$field:" '$1 == f { print $2 }' "/proc/$pid/status" 2>/dev/null || true)"
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
 
-# utime+stime ticks summed over processes (all threads included).
-cpu_ticks() {
-    local total=0 pid v
-    for pid in "$@"; do
-        v="$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }' || true)"
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
 
-# "total idle" jiffies of one CPU from /proc/stat.
-cpu_line() { awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $5 + $6 }' /proc/stat; }
 
 HZ="$(getconf CLK_TCK)"
 
-# Parse one wrk output: requests/s, p50 ms, p99 ms, requests, non-2xx, socket errors.
-parse_wrk() {
-    awk '
-        function ms(v) {
-            if (v ~ /us$/) return v / 1000
-            if (v ~ /ms$/) return v + 0
-            if (v ~ /m$/) return v * 60000
-            if (v ~ /s$/) return v * 1000
-            return v + 0
-        }
-        /^Requests\/sec:/ { rps = $2 }
-        /^ +50%/ { p50 = ms($2) }
-        /^ +99%/ { p99 = ms($2) }
-        / requests in / { reqs = $1 }
-        /Non-2xx or 3xx responses:/ { bad = $NF }
-        /Socket errors:/ { gsub(/,/, ""); errs = $4 + $6 + $8 + $10 }
-        END {
-            if (rps == "") exit 1
-            printf "%s %.3f %.3f %d %d %d\n", rps, p50, p99, reqs, bad + 0, errs + 0
-        }' "$1"
-}
 
 # run_wrk SERVER OUTFILE SECONDS
 # Runs in the background and is waited for, so a signal reaches the trap at once.
@@ -417,14 +356,6 @@ run_wrk() {
     RUNNING=()
 }
 
-# side_job CMD... : start CMD one second into the next wrk run (perf attaches then)
-side_job() {
-    (
-        sleep 1
-        exec "$@"
-    ) >>"$TMP/perf.out" 2>&1 &
-    SIDE=$!
-}
 
 # round server rps p50 p99 requests non-2xx socket-errors proxy-CPU% CPU0-busy% CPU1-busy% proxy-CPU-µs/request
 RESULTS="$TMP/results.tsv"
@@ -539,10 +470,6 @@ for s in "${SERVERS[@]}"; do
     PEAK_KB[$s]="$(mem_kb VmHWM "${p[@]}")"
 done
 
-join_comma() {
-    local IFS=,
-    echo "$*"
-}
 
 # Extra, unrecorded runs under perf: syscalls and CPU per request.
 PERF_TSV="$TMP/perf.tsv"

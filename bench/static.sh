@@ -13,6 +13,8 @@
 #                        [--warmup 2] [--perf] [--profile] [--keep] [--wait-quiet SECONDS]
 # Env:   GATEHOUSE_BIN=path  use this binary instead of `cargo build --release`.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # ---------------------------------------------------------------- settings
 ROUNDS=3
@@ -46,16 +48,12 @@ declare -A FILE_SIZE=([small]=1434 [medium]=102400 [large]=10485760)
 declare -A FILE_LABEL=([small]="1.4 KB" [medium]="100 KB" [large]="10 MB")
 FILE_ORDER=(small medium large)
 
-usage() {
-    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
-}
 
 die() {
     echo "static.sh: $*" >&2
     exit 1
 }
 
-log() { echo "==> $*" >&2; }
 
 INVOCATION="bench/static.sh"
 for arg in "$@"; do
@@ -93,11 +91,6 @@ while (($#)); do
     esac
 done
 
-int_in_range() { # name value min max
-    if ! [[ "$2" =~ ^[0-9]+$ ]] || (($2 < $3 || $2 > $4)); then
-        die "--$1 must be an integer in $3..$4, got '$2'"
-    fi
-}
 int_in_range rounds "$ROUNDS" 1 50
 int_in_range duration "$DURATION" 1 600
 int_in_range connections "$CONNECTIONS" 1 10000
@@ -113,7 +106,6 @@ for w in "${wanted[@]}"; do
     [[ -n "${PORT[$w]:-}" ]] || die "--only: unknown server '$w' (nginx, caddy, gatehouse)"
 done
 ((${#SERVERS[@]})) || die "--only selected no server"
-want() { [[ " ${SERVERS[*]} " == *" $1 "* ]]; }
 
 FILES=()
 IFS=',' read -r -a wanted <<<"$FILES_ARG"
@@ -138,7 +130,6 @@ want caddy && { command -v caddy >/dev/null || die "'caddy' not found (apt-get i
 if ((PERF || PROFILE)); then command -v perf >/dev/null || die "--perf/--profile need 'perf' (apt-get install -y linux-perf)"; fi
 if ((PROFILE)) && ! want gatehouse; then die "--profile profiles gatehouse; include it in --only"; fi
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for s in "${SERVERS[@]}"; do
     port_busy "${PORT[$s]}" && die "127.0.0.1:${PORT[$s]} is already in use; stop whatever listens there (a system nginx/caddy service?)"
 done
@@ -206,16 +197,7 @@ start() {
     PIDS[$name]="$pid"
 }
 
-children() { ps -o pid= --ppid "$1" 2>/dev/null | tr -s ' \n' ' ' || true; }
 
-show_output() {
-    local f
-    for f in "$TMP/$1.out" "$TMP/$1.err"; do
-        [[ -s "$f" ]] || continue
-        echo "--- ${f#"$TMP"/}:" >&2
-        tail -n 30 "$f" >&2
-    done
-}
 
 # wait_ready NAME PORT : until GET /small.bin answers 200 (at most 10 s)
 wait_ready() {
@@ -366,54 +348,11 @@ for s in "${SERVERS[@]}"; do
     log "$s sends every file byte for byte, no Content-Encoding (Content-Type: ${CTYPE[$s]})"
 done
 
-# ---------------------------------------------------------------- measuring
-# Sum of VmRSS / VmHWM (kB) over a server's processes.
-mem_kb() { # FIELD PIDS...
-    local field="$1" total=0 pid v
-    shift
-    for pid in "$@"; do
-        v="$(awk -v f="$field:" '$1 == f { print $2 }' "/proc/$pid/status" 2>/dev/null || true)"
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
 
-# utime+stime ticks summed over processes (all threads included).
-cpu_ticks() {
-    local total=0 pid v
-    for pid in "$@"; do
-        v="$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{ print $12 + $13 }' || true)"
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
 
-# "total idle" jiffies of one CPU from /proc/stat.
-cpu_line() { awk -v c="cpu$1" '$1 == c { t = 0; for (i = 2; i <= 9; i++) t += $i; print t, $5 + $6 }' /proc/stat; }
 
 HZ="$(getconf CLK_TCK)"
 
-# Parse one wrk output: requests/s, p50 ms, p99 ms, requests, non-2xx, socket errors.
-parse_wrk() {
-    awk '
-        function ms(v) {
-            if (v ~ /us$/) return v / 1000
-            if (v ~ /ms$/) return v + 0
-            if (v ~ /m$/) return v * 60000
-            if (v ~ /s$/) return v * 1000
-            return v + 0
-        }
-        /^Requests\/sec:/ { rps = $2 }
-        /^ +50%/ { p50 = ms($2) }
-        /^ +99%/ { p99 = ms($2) }
-        / requests in / { reqs = $1 }
-        /Non-2xx or 3xx responses:/ { bad = $NF }
-        /Socket errors:/ { gsub(/,/, ""); errs = $4 + $6 + $8 + $10 }
-        END {
-            if (rps == "") exit 1
-            printf "%s %.3f %.3f %d %d %d\n", rps, p50, p99, reqs, bad + 0, errs + 0
-        }' "$1"
-}
 
 # run_wrk SERVER FILE OUTFILE SECONDS
 # Runs in the background and is waited for, so a signal reaches the trap at once.
@@ -431,14 +370,6 @@ run_wrk() {
     RUNNING=()
 }
 
-# side_job CMD... : start CMD one second into the next wrk run (perf attaches then)
-side_job() {
-    (
-        sleep 1
-        exec "$@"
-    ) >>"$TMP/perf.out" 2>&1 &
-    SIDE=$!
-}
 
 # round server rps p50 p99 requests non-2xx socket-errors server-CPU% CPU0-busy% CPU1-busy% server-CPU-µs/request file
 RESULTS="$TMP/results.tsv"
@@ -550,10 +481,6 @@ for f in "${FILES[@]}"; do
     done
 done
 
-join_comma() {
-    local IFS=,
-    echo "$*"
-}
 
 # Extra, unrecorded runs under perf: syscalls and CPU per request.
 PERF_TSV="$TMP/perf.tsv"
