@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Helpers shared by the benchmark scripts (proxy.sh, static.sh). Sourced, not run.
-# They read the calling script's globals (TMP, SERVERS, PIDS, ...) at call time.
+# They read and set the calling script's globals (TMP, SERVERS, PIDS, SERVER_CPU,
+# LOAD_CPU, ...) at call time.
+# shellcheck disable=SC2034  # PIDS and the like are the callers' globals
 
 usage() {
     sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -88,4 +90,66 @@ side_job() {
 join_comma() {
     local IFS=,
     echo "$*"
+}
+
+die() {
+    echo "$(basename "$0"): $*" >&2
+    exit 1
+}
+
+cleanup() {
+    local status=$? pid alive i
+    trap - EXIT INT TERM
+    for pid in "${RUNNING[@]}" $SIDE; do kill -TERM "$pid" 2>/dev/null || true; done
+    ((${#STARTED[@]})) && {
+        for pid in "${STARTED[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+        for ((i = 0; i < 50; i++)); do # up to 5 s for a graceful stop
+            alive=0
+            for pid in "${STARTED[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+            ((alive)) || break
+            sleep 0.1
+        done
+        for pid in "${STARTED[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+        for pid in "${STARTED[@]}"; do wait "$pid" 2>/dev/null || true; done
+    }
+    if ((KEEP)); then
+        echo "$(basename "$0"): kept configs, logs and raw wrk output in $TMP" >&2
+    else
+        rm -rf "$TMP"
+    fi
+    exit "$status"
+}
+
+# start NAME CPU CMD... : run CMD pinned to CPU, stdout+stderr to $TMP/NAME.out
+start() {
+    local name="$1" cpu="$2"
+    shift 2
+    taskset -c "$cpu" "$@" >"$TMP/$name.out" 2>&1 </dev/null &
+    local pid=$! # taskset (and env, for Caddy) exec the command: this is the server's own pid
+    STARTED+=("$pid")
+    PIDS[$name]="$pid"
+}
+
+# Other work on the two cores (a build, a test run) skews everything; say so.
+busy_now() { # -> "busy% of SERVER_CPU" "busy% of LOAD_CPU" over one second
+    local a0 i0 b0 j0 a1 i1 b1 j1
+    read -r a0 i0 < <(cpu_line "$SERVER_CPU")
+    read -r b0 j0 < <(cpu_line "$LOAD_CPU")
+    sleep 1
+    read -r a1 i1 < <(cpu_line "$SERVER_CPU")
+    read -r b1 j1 < <(cpu_line "$LOAD_CPU")
+    awk -v a0="$a0" -v i0="$i0" -v a1="$a1" -v i1="$i1" -v b0="$b0" -v j0="$j0" -v b1="$b1" -v j1="$j1" 'BEGIN {
+        printf "%.0f %.0f\n", (a1 > a0) ? 100 * (1 - (i1 - i0) / (a1 - a0)) : 0, (b1 > b0) ? 100 * (1 - (j1 - j0) / (b1 - b0)) : 0 }'
+}
+
+# wait_quiet : wait (within the budget) until neither core is busy with other work
+wait_quiet() {
+    local busy0 busy1
+    while :; do
+        read -r busy0 busy1 < <(busy_now)
+        ((busy0 <= QUIET_PCT && busy1 <= QUIET_PCT)) && return 0
+        ((SECONDS < QUIET_DEADLINE)) || return 1
+        log "machine busy (CPU$SERVER_CPU ${busy0}%, CPU$LOAD_CPU ${busy1}%), waiting up to $((QUIET_DEADLINE - SECONDS)) s more"
+        sleep 4
+    done
 }

@@ -28,7 +28,7 @@ WAIT_QUIET=0 # seconds to wait for other load on the machine to go away
 QUIET_PCT=15 # a core busier than this before the runs counts as "not quiet"
 DISTURBED_PCT=10 # a run is disturbed when other work took more of the proxy's core
 
-PROXY_CPU=0 # every proxy runs here, alone
+SERVER_CPU=0 # every proxy runs here, alone
 LOAD_CPU=1  # wrk and the upstream share this one
 
 UPSTREAM_PORT=18080
@@ -42,10 +42,6 @@ declare -A LABEL=(
 ORDER=(nginx haproxy gatehouse) # the A B C of each round
 
 
-die() {
-    echo "proxy.sh: $*" >&2
-    exit 1
-}
 
 
 INVOCATION="bench/proxy.sh"
@@ -107,7 +103,7 @@ for cmd in nginx wrk curl taskset awk ps; do
     command -v "$cmd" >/dev/null || die "'$cmd' not found (apt-get install -y nginx wrk curl util-linux procps)"
 done
 want haproxy && { command -v haproxy >/dev/null || die "'haproxy' not found (apt-get install -y haproxy)"; }
-(($(nproc) >= 2)) || die "needs at least 2 CPUs (proxies on CPU $PROXY_CPU, wrk and upstream on CPU $LOAD_CPU)"
+(($(nproc) >= 2)) || die "needs at least 2 CPUs (proxies on CPU $SERVER_CPU, wrk and upstream on CPU $LOAD_CPU)"
 if ((PERF || PROFILE)); then command -v perf >/dev/null || die "--perf/--profile need 'perf' (apt-get install -y linux-perf)"; fi
 if ((PROFILE)) && ! want gatehouse; then die "--profile profiles gatehouse; include it in --only"; fi
 
@@ -141,43 +137,12 @@ STARTED=() # every server pid this script started (children are added once seen)
 RUNNING=() # the wrk run in progress, if any
 SIDE=""    # the perf run in progress, if any
 
-cleanup() {
-    local status=$? pid alive i
-    trap - EXIT INT TERM
-    for pid in "${RUNNING[@]}" $SIDE; do kill -TERM "$pid" 2>/dev/null || true; done
-    ((${#STARTED[@]})) && {
-        for pid in "${STARTED[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-        for ((i = 0; i < 50; i++)); do # up to 5 s for a graceful stop
-            alive=0
-            for pid in "${STARTED[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-            ((alive)) || break
-            sleep 0.1
-        done
-        for pid in "${STARTED[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-        for pid in "${STARTED[@]}"; do wait "$pid" 2>/dev/null || true; done
-    }
-    if ((KEEP)); then
-        echo "proxy.sh: kept configs, logs and raw wrk output in $TMP" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$status"
-}
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
 declare -A PIDS # server -> "pid [child pids...]"
 
-# start NAME CPU CMD... : run CMD pinned to CPU, stdout+stderr to $TMP/NAME.out
-start() {
-    local name="$1" cpu="$2"
-    shift 2
-    taskset -c "$cpu" "$@" >"$TMP/$name.out" 2>&1 </dev/null &
-    local pid=$! # taskset execs the command, so this is the server's own pid
-    STARTED+=("$pid")
-    PIDS[$name]="$pid"
-}
 
 
 
@@ -321,14 +286,14 @@ wait_ready upstream "$UPSTREAM_PORT"
 PIDS[direct]="${PIDS[upstream]}"
 
 for s in "${SERVERS[@]}"; do
-    log "starting $s on 127.0.0.1:${PORT[$s]} (CPU $PROXY_CPU)"
+    log "starting $s on 127.0.0.1:${PORT[$s]} (CPU $SERVER_CPU)"
     case "$s" in
-    nginx) start nginx "$PROXY_CPU" nginx -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" ;;
+    nginx) start nginx "$SERVER_CPU" nginx -p "$TMP/nginx/" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" ;;
     haproxy)
         # shellcheck disable=SC2016 # $1 and $2 belong to the inner sh
-        start haproxy "$PROXY_CPU" sh -c 'exec haproxy -db -f "$1" 2>"$2"' sh "$TMP/haproxy.cfg" "$TMP/haproxy.err"
+        start haproxy "$SERVER_CPU" sh -c 'exec haproxy -db -f "$1" 2>"$2"' sh "$TMP/haproxy.cfg" "$TMP/haproxy.err"
         ;;
-    gatehouse) start gatehouse "$PROXY_CPU" "$GATEHOUSE" serve -c "$TMP/gatehouse.toml" ;;
+    gatehouse) start gatehouse "$SERVER_CPU" "$GATEHOUSE" serve -c "$TMP/gatehouse.toml" ;;
     esac
     wait_ready "$s" "${PORT[$s]}"
 done
@@ -366,14 +331,14 @@ measure() { # ROUND SERVER
     local -a pids
     read -r -a pids <<<"${PIDS[$s]}"
     local t0 t1 c0t0 c0i0 c1t0 c1i0 c0t1 c0i1 c1t1 c1i1 ticks0 ticks1 parsed
-    read -r c0t0 c0i0 < <(cpu_line "$PROXY_CPU")
+    read -r c0t0 c0i0 < <(cpu_line "$SERVER_CPU")
     read -r c1t0 c1i0 < <(cpu_line "$LOAD_CPU")
     ticks0="$(cpu_ticks "${pids[@]}")"
     t0="$(date +%s.%N)"
     run_wrk "$s" "$out" "$DURATION"
     t1="$(date +%s.%N)"
     ticks1="$(cpu_ticks "${pids[@]}")"
-    read -r c0t1 c0i1 < <(cpu_line "$PROXY_CPU")
+    read -r c0t1 c0i1 < <(cpu_line "$SERVER_CPU")
     read -r c1t1 c1i1 < <(cpu_line "$LOAD_CPU")
     parsed="$(parse_wrk "$out")" || {
         cat "$out" >&2
@@ -393,36 +358,14 @@ measure() { # ROUND SERVER
         }' >>"$RESULTS"
     local line
     line="$(tail -n 1 "$RESULTS")"
-    awk -F'\t' -v c0="$PROXY_CPU" -v c1="$LOAD_CPU" '{
+    awk -F'\t' -v c0="$SERVER_CPU" -v c1="$LOAD_CPU" '{
         printf "    %-10s round %s: %6.0f req/s  p50 %.2f ms  p99 %.2f ms  %s CPU %s%% (%.1f us/req)  CPU%s/CPU%s busy %s%%/%s%%%s\n",
             $2, $1, $3, $4, $5, ($2 == "direct" ? "upstream" : "proxy"), $9, $12, c0, c1, $10, $11,
             ($7 + $8 > 0 ? "  ERRORS: " $7 " non-2xx, " $8 " socket" : "") }' <<<"$line" >&2
 }
 
-# Other work on the two cores (a build, a test run) skews everything; say so.
-busy_now() { # -> "busy% of PROXY_CPU" "busy% of LOAD_CPU" over one second
-    local a0 i0 b0 j0 a1 i1 b1 j1
-    read -r a0 i0 < <(cpu_line "$PROXY_CPU")
-    read -r b0 j0 < <(cpu_line "$LOAD_CPU")
-    sleep 1
-    read -r a1 i1 < <(cpu_line "$PROXY_CPU")
-    read -r b1 j1 < <(cpu_line "$LOAD_CPU")
-    awk -v a0="$a0" -v i0="$i0" -v a1="$a1" -v i1="$i1" -v b0="$b0" -v j0="$j0" -v b1="$b1" -v j1="$j1" 'BEGIN {
-        printf "%.0f %.0f\n", (a1 > a0) ? 100 * (1 - (i1 - i0) / (a1 - a0)) : 0, (b1 > b0) ? 100 * (1 - (j1 - j0) / (b1 - b0)) : 0 }'
-}
 QUIET_NOTE=""
 QUIET_DEADLINE=$((SECONDS + WAIT_QUIET)) # one budget for the whole run
-# wait_quiet : wait (within the budget) until neither core is busy with other work
-wait_quiet() {
-    local busy0 busy1
-    while :; do
-        read -r busy0 busy1 < <(busy_now)
-        ((busy0 <= QUIET_PCT && busy1 <= QUIET_PCT)) && return 0
-        ((SECONDS < QUIET_DEADLINE)) || return 1
-        log "machine busy (CPU$PROXY_CPU ${busy0}%, CPU$LOAD_CPU ${busy1}%), waiting up to $((QUIET_DEADLINE - SECONDS)) s more"
-        sleep 4
-    done
-}
 if ! wait_quiet; then
     QUIET_NOTE="before the runs the machine was busy with other work"
     log "warning: $QUIET_NOTE; numbers will be noisy (--wait-quiet SECONDS waits for a quiet machine)"
@@ -440,7 +383,7 @@ measure_clean() {
         other="$(tail -n 1 "$RESULTS" | awk -F'\t' '{ print int($10 - $9) }')"
         ((other > DISTURBED_PCT)) || return 0
         ((attempt < 2 && SECONDS < QUIET_DEADLINE)) || return 0
-        log "other work took ${other}% of CPU$PROXY_CPU during that run; redoing it"
+        log "other work took ${other}% of CPU$SERVER_CPU during that run; redoing it"
         sed -i '$d' "$RESULTS"
     done
 }
@@ -574,7 +517,7 @@ report() {
     echo "- machine: $NPROC × $CPU_MODEL, Linux $(uname -r)"
     echo "- gatehouse: $GH_V (git: $GIT_REV); nginx $NGINX_V; HAProxy $HAPROXY_V; wrk $WRK_V"
     echo "- load: \`taskset -c $LOAD_CPU wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\`, ${WARMUP}s warm-up each, $ROUNDS alternating rounds (${SERVERS[*]}); median of the rounds shown"
-    echo "- proxies pinned to CPU $PROXY_CPU, one worker/thread, access log to a file, keep-alive to the upstream; upstream nginx (\`return 200 \"hello world\\n\"\`, 1 worker) and wrk share CPU $LOAD_CPU"
+    echo "- proxies pinned to CPU $SERVER_CPU, one worker/thread, access log to a file, keep-alive to the upstream; upstream nginx (\`return 200 \"hello world\\n\"\`, 1 worker) and wrk share CPU $LOAD_CPU"
     echo
     echo "| server | req/s (median) | req/s (min–max) | p50 ms | p99 ms | proxy CPU | CPU µs/request | idle RSS | peak RSS | access-log lines | runs used |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
@@ -619,12 +562,12 @@ report() {
         echo
     fi
     if [[ -n "$QUIET_NOTE" ]] || ((contended > 0)); then
-        echo "**Warning: the machine was not quiet.** ${QUIET_NOTE:+${QUIET_NOTE^}. }$contended proxy run(s) had more than $DISTURBED_PCT% of CPU$PROXY_CPU used by something other than the proxy (see \"CPU$PROXY_CPU other\" below); the medians above leave those runs out (\"runs used\")${all_disturbed:+, except for${all_disturbed}, which had no undisturbed run and whose numbers are not comparable}. On a contended core the scheduler does not share time evenly between servers; CPU µs/request is the figure that survives. For a clean table rerun on a quiet machine, or with \`--wait-quiet 600\`, which redoes disturbed runs."
+        echo "**Warning: the machine was not quiet.** ${QUIET_NOTE:+${QUIET_NOTE^}. }$contended proxy run(s) had more than $DISTURBED_PCT% of CPU$SERVER_CPU used by something other than the proxy (see \"CPU$SERVER_CPU other\" below); the medians above leave those runs out (\"runs used\")${all_disturbed:+, except for${all_disturbed}, which had no undisturbed run and whose numbers are not comparable}. On a contended core the scheduler does not share time evenly between servers; CPU µs/request is the figure that survives. For a clean table rerun on a quiet machine, or with \`--wait-quiet 600\`, which redoes disturbed runs."
         echo
     fi
-    echo "Per round (round 0 is the direct baseline; CPU busy is the whole core, from /proc/stat; \"other\" is CPU$PROXY_CPU time not used by the proxy):"
+    echo "Per round (round 0 is the direct baseline; CPU busy is the whole core, from /proc/stat; \"other\" is CPU$SERVER_CPU time not used by the proxy):"
     echo
-    echo "| round | server | req/s | p50 ms | p99 ms | proxy CPU | CPU µs/request | CPU$PROXY_CPU busy | CPU$PROXY_CPU other | CPU$LOAD_CPU busy | non-2xx | socket errors |"
+    echo "| round | server | req/s | p50 ms | p99 ms | proxy CPU | CPU µs/request | CPU$SERVER_CPU busy | CPU$SERVER_CPU other | CPU$LOAD_CPU busy | non-2xx | socket errors |"
     echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     awk -F'\t' '{ d = ($2 == "direct")
         o = $10 - $9; if (o < 0) o = 0

@@ -49,10 +49,6 @@ declare -A FILE_LABEL=([small]="1.4 KB" [medium]="100 KB" [large]="10 MB")
 FILE_ORDER=(small medium large)
 
 
-die() {
-    echo "static.sh: $*" >&2
-    exit 1
-}
 
 
 INVOCATION="bench/static.sh"
@@ -159,43 +155,12 @@ STARTED=() # every server pid this script started (children are added once seen)
 RUNNING=() # the wrk run in progress, if any
 SIDE=""    # the perf run in progress, if any
 
-cleanup() {
-    local status=$? pid alive i
-    trap - EXIT INT TERM
-    for pid in "${RUNNING[@]}" $SIDE; do kill -TERM "$pid" 2>/dev/null || true; done
-    ((${#STARTED[@]})) && {
-        for pid in "${STARTED[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-        for ((i = 0; i < 50; i++)); do # up to 5 s for a graceful stop
-            alive=0
-            for pid in "${STARTED[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-            ((alive)) || break
-            sleep 0.1
-        done
-        for pid in "${STARTED[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-        for pid in "${STARTED[@]}"; do wait "$pid" 2>/dev/null || true; done
-    }
-    if ((KEEP)); then
-        echo "static.sh: kept configs, logs and raw wrk output in $TMP" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$status"
-}
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
 declare -A PIDS # server -> "pid [child pids...]"
 
-# start NAME CPU CMD... : run CMD pinned to CPU, stdout+stderr to $TMP/NAME.out
-start() {
-    local name="$1" cpu="$2"
-    shift 2
-    taskset -c "$cpu" "$@" >"$TMP/$name.out" 2>&1 </dev/null &
-    local pid=$! # taskset execs the command (through env for Caddy, which execs too)
-    STARTED+=("$pid")
-    PIDS[$name]="$pid"
-}
 
 
 
@@ -413,30 +378,8 @@ measure() { # ROUND SERVER FILE
             ($7 + $8 > 0 ? "  ERRORS: " $7 " non-2xx, " $8 " socket" : "") }' <<<"$line" >&2
 }
 
-# Other work on the two cores (a build, a test run) skews everything; say so.
-busy_now() { # -> "busy% of SERVER_CPU" "busy% of LOAD_CPU" over one second
-    local a0 i0 b0 j0 a1 i1 b1 j1
-    read -r a0 i0 < <(cpu_line "$SERVER_CPU")
-    read -r b0 j0 < <(cpu_line "$LOAD_CPU")
-    sleep 1
-    read -r a1 i1 < <(cpu_line "$SERVER_CPU")
-    read -r b1 j1 < <(cpu_line "$LOAD_CPU")
-    awk -v a0="$a0" -v i0="$i0" -v a1="$a1" -v i1="$i1" -v b0="$b0" -v j0="$j0" -v b1="$b1" -v j1="$j1" 'BEGIN {
-        printf "%.0f %.0f\n", (a1 > a0) ? 100 * (1 - (i1 - i0) / (a1 - a0)) : 0, (b1 > b0) ? 100 * (1 - (j1 - j0) / (b1 - b0)) : 0 }'
-}
 QUIET_NOTE=""
 QUIET_DEADLINE=$((SECONDS + WAIT_QUIET)) # one budget for the whole run
-# wait_quiet : wait (within the budget) until neither core is busy with other work
-wait_quiet() {
-    local busy0 busy1
-    while :; do
-        read -r busy0 busy1 < <(busy_now)
-        ((busy0 <= QUIET_PCT && busy1 <= QUIET_PCT)) && return 0
-        ((SECONDS < QUIET_DEADLINE)) || return 1
-        log "machine busy (CPU$SERVER_CPU ${busy0}%, CPU$LOAD_CPU ${busy1}%), waiting up to $((QUIET_DEADLINE - SECONDS)) s more"
-        sleep 4
-    done
-}
 if ! wait_quiet; then
     QUIET_NOTE="before the runs the machine was busy with other work"
     log "warning: $QUIET_NOTE; numbers will be noisy (--wait-quiet SECONDS waits for a quiet machine)"
