@@ -13,6 +13,12 @@ use std::path::Path;
 #[path = "../../../fuzz/src/config.rs"]
 mod oracle;
 
+#[allow(unreachable_pub, dead_code)]
+#[path = "../../../fuzz/src/rng.rs"]
+mod rng;
+
+use rng::Rng;
+
 use oracle::{CONFIG_PATH, check_config, check_config_bytes, check_substitution, check_substitution_with};
 
 /// A config that uses most sections, so mutations reach the second layer.
@@ -360,28 +366,4 @@ fn boundary(rng: &mut Rng, text: &str) -> usize {
         at -= 1;
     }
     at
-}
-
-/// xorshift64*: small, fast and deterministic, so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
 }

@@ -12,6 +12,12 @@
 #[path = "../../../fuzz/src/edge.rs"]
 mod oracle;
 
+#[allow(unreachable_pub, dead_code)]
+#[path = "../../../fuzz/src/rng.rs"]
+mod rng;
+
+use rng::Rng;
+
 use oracle::{
     check_forwarding_bytes, check_host, check_host_with, check_path, check_range, check_range_bytes, check_static_path,
     known_host_bug,
@@ -616,28 +622,4 @@ fn random_range(rng: &mut Rng) -> String {
         s.push_str(rng.pick(PIECES));
     }
     s
-}
-
-/// xorshift64*: small, fast and deterministic, so failures reproduce.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())]
-    }
 }
