@@ -11,6 +11,7 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use bytes::Bytes;
 use gatehouse_files::{DeployOptions, ReleaseStore};
+use gatehouse_testkit::data::{noise, tar_gz};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
@@ -138,21 +139,6 @@ impl Api {
 }
 
 /// A `.tar.gz` of `files` (path, contents).
-fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut tar = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut h, path, *data).unwrap();
-    }
-    let tar = tar.into_inner().unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar).unwrap();
-    gz.finish().unwrap()
-}
-
 fn site(marker: &str) -> Vec<u8> {
     let index = format!("<h1>{marker}</h1>");
     let js = format!("console.log('{marker}')");
@@ -160,19 +146,6 @@ fn site(marker: &str) -> Vec<u8> {
         ("index.html", index.as_bytes()),
         ("assets/app-BxK3f9aQ.js", js.as_bytes()),
     ])
-}
-
-/// Bytes gzip cannot shrink.
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A request body fed chunk by chunk from the test; no length is announced.

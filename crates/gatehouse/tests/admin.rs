@@ -4,12 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use gatehouse_testkit::client::get;
+use gatehouse_testkit::data::{noise, tar_gz};
 use gatehouse_testkit::process::{Process, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
@@ -98,18 +98,8 @@ fn upload(server: &Server, slot: &str, archive: &Path, extra: &[&str]) -> Reply 
 
 /// Writes a `.tar.gz` of `files` into the test directory.
 fn archive(server: &Server, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
-    let mut tar = tar::Builder::new(Vec::new());
-    for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut h, path, *data).unwrap();
-    }
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&tar.into_inner().unwrap()).unwrap();
     let path = server.dir.0.join(name);
-    std::fs::write(&path, gz.finish().unwrap()).unwrap();
+    std::fs::write(&path, tar_gz(files)).unwrap();
     path
 }
 
@@ -309,17 +299,4 @@ fn a_busy_admin_port_stops_startup() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen on server.admin"), "{err}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("serving on"));
-}
-
-/// Bytes gzip cannot shrink.
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }

@@ -8,12 +8,14 @@
 //! - [`process`]: the real `gatehouse` binary as a child process, for signals,
 //!   exit codes and memory measurements.
 //! - [`client`]: a small HTTP client for tests.
+//! - [`data`]: incompressible bytes and tar.gz release archives.
 //!
 //! Everything binds to loopback and every wait is bounded.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod client;
+pub mod data;
 pub mod process;
 pub mod upstream;
 
