@@ -112,7 +112,8 @@ pub(crate) fn summary(c: &Config) -> String {
             if r.spa { ", index.html required" } else { "" }
         );
     }
-    let _ = writeln!(out, "store: {}", redact_url(&c.store.url));
+    // The store crate owns URL redaction; no password reaches the terminal.
+    let _ = writeln!(out, "store: {}", crate::storage::store_options(c).redacted_url());
     match c.backup.every {
         Some(every) => {
             let _ = writeln!(
@@ -127,18 +128,4 @@ pub(crate) fn summary(c: &Config) -> String {
         }
     }
     out
-}
-
-/// Hides a password in a database URL (`postgres://user:***@host/db`).
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }
