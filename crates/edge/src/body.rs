@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use gatehouse_files::FileBody;
@@ -187,7 +187,9 @@ impl Body for ResponseBody {
         };
         if let (Some(log), Poll::Ready(Some(Ok(frame)))) = (this.log.as_mut(), &res) {
             if let Some(data) = frame.data_ref() {
-                log.record.bytes_out += data.len() as u64;
+                if let Some(record) = log.record.as_mut() {
+                    record.bytes_out += data.len() as u64;
+                }
             }
         }
         res
@@ -213,38 +215,20 @@ impl Body for ResponseBody {
 /// An access-log record waiting for its response body to finish.
 pub(crate) struct PendingLog {
     pub(crate) sender: AccessLogSender,
-    pub(crate) record: AccessRecord,
+    /// Taken (and sent) when the body is done.
+    pub(crate) record: Option<AccessRecord>,
     pub(crate) start: Instant,
     pub(crate) bytes_in: Option<Arc<AtomicU64>>,
 }
 
 impl Drop for PendingLog {
     fn drop(&mut self) {
-        self.record.duration = self.start.elapsed();
-        if let Some(counter) = &self.bytes_in {
-            self.record.bytes_in = counter.load(Ordering::Relaxed);
+        if let Some(mut record) = self.record.take() {
+            record.duration = self.start.elapsed();
+            if let Some(counter) = &self.bytes_in {
+                record.bytes_in = counter.load(Ordering::Relaxed);
+            }
+            self.sender.send(record);
         }
-        let record = std::mem::replace(&mut self.record, placeholder());
-        self.sender.send(record);
-    }
-}
-
-/// A cheap stand-in left behind after the real record is sent.
-fn placeholder() -> AccessRecord {
-    AccessRecord {
-        time: std::time::UNIX_EPOCH,
-        request_id: http::HeaderValue::from_static(""),
-        client_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
-        method: http::Method::GET,
-        host: None,
-        uri: http::Uri::from_static("/"),
-        version: http::Version::HTTP_11,
-        status: 0,
-        bytes_in: 0,
-        bytes_out: 0,
-        duration: Duration::ZERO,
-        route: None,
-        upstream: None,
-        upstream_duration: None,
     }
 }

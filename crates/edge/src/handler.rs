@@ -260,7 +260,7 @@ impl Worker {
             };
             resp.body_mut().set_log(Box::new(PendingLog {
                 sender: sender.clone(),
-                record,
+                record: Some(record),
                 start,
                 bytes_in: ctx.bytes_in,
             }));
