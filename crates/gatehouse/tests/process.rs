@@ -236,22 +236,11 @@ const GIB: u64 = 1 << 30;
 const RSS_LIMIT_KIB: u64 = 96 * 1024;
 
 fn streaming_body(total: u64) -> TestBody {
-    const CHUNK: usize = 256 * 1024;
-    let chunk = Bytes::from(vec![b'u'; CHUNK]);
-    let stream = futures_util::stream::unfold(total, move |left| {
-        let chunk = chunk.clone();
-        async move {
-            if left == 0 {
-                return None;
-            }
-            let n = left.min(CHUNK as u64);
-            Some((
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper::body::Frame::data(chunk.slice(..n as usize))),
-                left - n,
-            ))
-        }
-    });
-    BodyExt::boxed(http_body_util::StreamBody::new(stream))
+    BodyExt::boxed(http_body_util::StreamBody::new(gatehouse_testkit::data::frames(
+        total,
+        256 * 1024,
+        b'u',
+    )))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -32,3 +32,23 @@ pub fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
     gz.write_all(&tar).unwrap();
     gz.finish().unwrap()
 }
+
+/// A body stream of `total` bytes of `byte`, in frames of `chunk` bytes,
+/// produced as it is read (nothing is held but one shared chunk).
+pub fn frames<E: Send + 'static>(
+    total: u64,
+    chunk: usize,
+    byte: u8,
+) -> impl futures_util::Stream<Item = Result<hyper::body::Frame<bytes::Bytes>, E>> + Send + 'static {
+    let block = bytes::Bytes::from(vec![byte; chunk]);
+    futures_util::stream::unfold(total, move |left| {
+        let block = block.clone();
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let n = left.min(block.len() as u64);
+            Some((Ok(hyper::body::Frame::data(block.slice(..n as usize))), left - n))
+        }
+    })
+}

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -213,18 +213,7 @@ async fn respond(
             full(200, n.to_string())
         }
         Behavior::Generate(total) => {
-            const CHUNK: usize = 64 * 1024;
-            let chunk = Bytes::from(vec![b'x'; CHUNK]);
-            let stream = futures_util::stream::unfold(total, move |left| {
-                let chunk = chunk.clone();
-                async move {
-                    if left == 0 {
-                        return None;
-                    }
-                    let n = left.min(CHUNK as u64);
-                    Some((Ok::<_, hyper::Error>(Frame::data(chunk.slice(..n as usize))), left - n))
-                }
-            });
+            let stream = crate::data::frames::<hyper::Error>(total, 64 * 1024, b'x');
             let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
             r.headers_mut()
                 .insert("content-length", total.to_string().parse().unwrap());
