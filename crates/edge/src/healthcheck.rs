@@ -12,7 +12,6 @@ use gatehouse_config::{HealthCheck, Target};
 use http::{Request, header};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// One target to check.
@@ -90,10 +89,7 @@ async fn run(job: Job, mut shutdown: watch::Receiver<bool>) {
 
 /// One check on a fresh connection (it also proves the target accepts them).
 async fn probe(job: &Job) -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
-    let stream = match job.target.host.parse::<std::net::IpAddr>() {
-        Ok(ip) => TcpStream::connect((ip, job.target.port)).await?,
-        Err(_) => TcpStream::connect((job.target.host.as_str(), job.target.port)).await?,
-    };
+    let stream = crate::pool::tcp_connect(&job.target).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     let conn_task = tokio::spawn(conn);
     let req = Request::get(job.check.path.as_str())

@@ -42,6 +42,15 @@ pub(crate) enum SendError {
     },
 }
 
+/// Opens a TCP connection to a target: an IP address directly, a host name
+/// through the resolver (on the blocking pool).
+pub(crate) async fn tcp_connect(target: &Target) -> std::io::Result<TcpStream> {
+    match target.host.parse::<std::net::IpAddr>() {
+        Ok(ip) => TcpStream::connect(SocketAddr::new(ip, target.port)).await,
+        Err(_) => TcpStream::connect((target.host.as_str(), target.port)).await,
+    }
+}
+
 /// Connection pool of one target.
 pub(crate) struct TargetPool {
     pub(crate) target: Target,
@@ -110,10 +119,7 @@ impl TargetPool {
     async fn connect(&self) -> Result<http1::SendRequest<RequestBody>, SendError> {
         let target = || self.target.authority.to_string();
         let connecting = async {
-            let stream = match self.target.host.parse::<std::net::IpAddr>() {
-                Ok(ip) => TcpStream::connect(SocketAddr::new(ip, self.target.port)).await,
-                Err(_) => TcpStream::connect((self.target.host.as_str(), self.target.port)).await,
-            }?;
+            let stream = tcp_connect(&self.target).await?;
             stream.set_nodelay(true)?;
             Ok::<_, std::io::Error>(stream)
         };
