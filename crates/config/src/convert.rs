@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use crate::error::RawError;
 use crate::file::{self, FileConfig, Spanned};
 use crate::model::*;
+use crate::policy;
 use crate::units;
 
 /// Defaults, each with the reason for its value.
@@ -85,8 +86,23 @@ fn at<T>(s: &Spanned<T>) -> Option<std::ops::Range<usize>> {
     Some(s.span())
 }
 
-pub(crate) fn convert(file: FileConfig, base_dir: &Path) -> Result<Config, RawError> {
+pub(crate) fn convert(mut file: FileConfig, base_dir: &Path) -> Result<Config, RawError> {
+    let server_security = policy::security_headers(
+        file.server.security_headers.as_ref(),
+        "server.security_headers",
+        &SecurityHeaders::default(),
+    )?;
     let server = convert_server(file.server, base_dir)?;
+    let redis = policy::convert_redis(file.redis.take())?;
+    let limits = policy::convert_limits(&file.limits)?;
+    let (rate_limits, rate_limit_index) =
+        policy::convert_rate_limits(std::mem::take(&mut file.rate_limit), redis.is_some())?;
+    let mut named = policy::Named {
+        rate_limits,
+        rate_limit_index,
+        cors: policy::convert_cors(std::mem::take(&mut file.cors))?,
+        redis: redis.is_some(),
+    };
     let log = convert_log(file.log, base_dir)?;
 
     let mut upstreams = Vec::with_capacity(file.upstream.len());
@@ -106,7 +122,15 @@ pub(crate) fn convert(file: FileConfig, base_dir: &Path) -> Result<Config, RawEr
     for (i, site) in file.site.into_iter().enumerate() {
         let key = format!("site[{i}]");
         let site_span = site.span();
-        let site = site.into_inner();
+        let mut site = site.into_inner();
+        let site_keys = policy::SiteKeys {
+            allow: std::mem::take(&mut site.allow),
+            deny: std::mem::take(&mut site.deny),
+            headers: site.headers.take(),
+            security_headers: site.security_headers.take(),
+            max_body_size: site.max_body_size.take(),
+        };
+        let (site_policy, site_defaults) = policy::convert_site(&site_keys, &key, &server_security, &limits)?;
         let mut hosts = Vec::with_capacity(site.hosts.len());
         for (j, h) in site.hosts.iter().enumerate() {
             let hkey = format!("{key}.hosts[{j}]");
@@ -147,10 +171,12 @@ pub(crate) fn convert(file: FileConfig, base_dir: &Path) -> Result<Config, RawEr
             .map_or_else(|| "default".to_owned(), |h| h.get_ref().to_ascii_lowercase());
         let mut routes = Vec::with_capacity(site.route.len());
         let mut seen_paths: HashMap<(String, Option<Vec<Method>>), usize> = HashMap::new();
-        for (j, route) in site.route.into_iter().enumerate() {
+        for (j, mut route) in site.route.into_iter().enumerate() {
             let rkey = format!("{key}.route[{j}]");
             let route_span = route.span();
-            let r = convert_route(route, base_dir, &rkey, &name, &upstream_index, &upstreams)?;
+            let route_keys = policy::RouteKeys::take(route.get_mut());
+            let mut r = convert_route(route, base_dir, &rkey, &name, &upstream_index, &upstreams)?;
+            r.policy = policy::convert_route(route_keys, &rkey, &r.name, &site_defaults, &mut named)?;
             if let Some(prev) = seen_paths.insert((r.path.clone(), r.methods.clone()), j) {
                 return err(
                     Some(route_span),
@@ -168,6 +194,7 @@ pub(crate) fn convert(file: FileConfig, base_dir: &Path) -> Result<Config, RawEr
             hosts,
             default: site.default,
             routes,
+            policy: site_policy,
         });
     }
 
@@ -278,6 +305,9 @@ pub(crate) fn convert(file: FileConfig, base_dir: &Path) -> Result<Config, RawEr
         releases,
         store,
         backup,
+        redis,
+        rate_limits: named.rate_limits,
+        limits,
     })
 }
 
@@ -634,6 +664,7 @@ fn convert_route(
         path: r.path.into_inner(),
         methods,
         action,
+        policy: RoutePolicy::default(),
     })
 }
 
@@ -952,6 +983,7 @@ fn convert_upstream(name: String, up: Spanned<file::UpstreamFile>, key: &str) ->
         health,
         passive,
         retries,
+        max_in_flight: policy::upstream_max_in_flight(u.max_in_flight.as_ref(), key)?,
     })
 }
 
@@ -1005,7 +1037,7 @@ pub(crate) fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
-fn parse_cidr(s: &str) -> Result<IpNet, String> {
+pub(crate) fn parse_cidr(s: &str) -> Result<IpNet, String> {
     let s = s.trim();
     if let Ok(net) = s.parse::<IpNet>() {
         return Ok(net.trunc());

@@ -37,6 +37,143 @@ pub struct FileConfig {
     /// Scheduled backups.
     #[serde(default)]
     pub backup: BackupFile,
+    /// Redis, to share rate limits between instances.
+    pub redis: Option<Spanned<RedisFile>>,
+    /// Named rate limits that routes refer to with `rate_limit = "NAME"`.
+    #[serde(default)]
+    pub rate_limit: BTreeMap<String, Spanned<RateLimitFile>>,
+    /// Named CORS policies that routes refer to with `cors = "NAME"`.
+    #[serde(default)]
+    pub cors: BTreeMap<String, Spanned<CorsFile>>,
+    /// Request size limits and client timeouts.
+    #[serde(default)]
+    pub limits: LimitsFile,
+}
+
+/// `[redis]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisFile {
+    /// `redis://[:PASSWORD@]HOST:PORT[/DB]`.
+    pub url: Spanned<Secret>,
+    /// Most a request waits for Redis before deciding locally. Default `50ms`.
+    pub timeout: Option<Spanned<String>>,
+    /// Most one background connection attempt takes. Default `2s`.
+    pub connect_timeout: Option<Spanned<String>>,
+    /// Longest pause between reconnect attempts. Default `5s`.
+    pub reconnect_max: Option<Spanned<String>>,
+    /// Prefix of every key. Default `gatehouse:rl:`.
+    pub key_prefix: Option<Spanned<String>>,
+}
+
+/// `[rate_limit.NAME]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitFile {
+    /// `"COUNT/PERIOD [burst N] [per KEY]"`, e.g. `"20/s burst 40"`.
+    pub rate: Spanned<String>,
+    /// `"ip"` (default), `"user"`, `"route"` or `"header NAME"`.
+    pub key: Option<Spanned<String>>,
+    /// Count in Redis (shared between instances). Default: true when `[redis]` is set.
+    pub shared: Option<Spanned<bool>>,
+    /// Most keys kept in memory. Default 100000.
+    pub max_keys: Option<Spanned<i64>>,
+}
+
+/// `[cors.NAME]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsFile {
+    /// Allowed origins: exact (`"https://app.example.com"`), one-label wildcards
+    /// (`"https://*.example.com"`), or `["*"]`.
+    pub origins: Vec<String>,
+    /// Allow cookies and `Authorization`. Default false.
+    #[serde(default)]
+    pub credentials: bool,
+    /// Methods a preflight may ask for. Default GET, HEAD, POST, PUT, PATCH, DELETE.
+    pub methods: Option<Vec<String>>,
+    /// Request headers a preflight may ask for. Default `authorization`, `content-type`.
+    pub allow_headers: Option<Vec<String>>,
+    /// Response headers scripts may read. Default none.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    /// How long browsers cache a preflight. Default `10m`.
+    pub max_age: Option<Spanned<String>>,
+}
+
+/// `[limits]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Largest request head (request line and headers). Default `64KiB`.
+    pub max_header_size: Option<Spanned<String>>,
+    /// Most request headers. Default 100.
+    pub max_headers: Option<Spanned<i64>>,
+    /// Largest request body. Default: no limit.
+    pub max_body_size: Option<Spanned<String>>,
+    /// Time allowed to send a request head; also how long an idle keep-alive
+    /// connection is kept. Default `30s`.
+    pub header_timeout: Option<Spanned<String>>,
+    /// Longest pause while sending a request body. Default `60s`.
+    pub body_timeout: Option<Spanned<String>>,
+    /// Slowest average body rate per second after `body_timeout`, e.g. `"1KiB"`,
+    /// or `"off"`. Default `1KiB`.
+    pub body_min_rate: Option<Spanned<String>>,
+    /// Most open connections from one IP address. Default: no limit.
+    pub max_connections_per_ip: Option<Spanned<i64>>,
+    /// Requests served on one keep-alive connection before it is closed. Default 1000.
+    pub keepalive_requests: Option<Spanned<i64>>,
+}
+
+/// `security_headers = true | false | { … }`
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SecurityHeadersFile {
+    /// `true`: the defaults; `false`: none.
+    Enabled(bool),
+    /// Individual settings.
+    Custom(SecurityHeadersTable),
+}
+
+/// `security_headers = { nosniff = true, referrer_policy = "…", frame = "deny", csp = "…" }`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityHeadersTable {
+    /// `X-Content-Type-Options: nosniff`. Default true.
+    pub nosniff: Option<bool>,
+    /// `Referrer-Policy` value, or `false`. Default `strict-origin-when-cross-origin`.
+    pub referrer_policy: Option<toml::Value>,
+    /// `X-Frame-Options`: `"deny"` (default), `"sameorigin"` or `"off"`.
+    pub frame: Option<String>,
+    /// `Content-Security-Policy` for HTML responses. Default none.
+    pub csp: Option<String>,
+}
+
+/// `headers = { request = { … }, response = { … } }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadersFile {
+    /// Rules for the request sent upstream.
+    #[serde(default)]
+    pub request: HeaderRulesFile,
+    /// Rules for the response sent to the client.
+    #[serde(default)]
+    pub response: HeaderRulesFile,
+}
+
+/// `{ set = { … }, add = { … }, remove = [ … ] }`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRulesFile {
+    /// Headers replaced (or created).
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Headers appended.
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    /// Headers removed.
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 /// `[store]`
@@ -145,6 +282,8 @@ pub struct ServerFile {
     /// Bearer token the admin API requires, at least 32 characters; usually
     /// `${GATEHOUSE_ADMIN_TOKEN}`. Required when `admin` is not a loopback address.
     pub admin_token: Option<Spanned<Secret>>,
+    /// Security headers of every site (`true`, `false` or a table). Default true.
+    pub security_headers: Option<Spanned<SecurityHeadersFile>>,
 }
 
 /// A secret read from the file: the same string, but `Debug` never shows it.
@@ -182,6 +321,18 @@ pub struct SiteFile {
     /// Routes, matched by path prefix; the longest matching prefix wins.
     #[serde(default)]
     pub route: Vec<Spanned<RouteFile>>,
+    /// Only these client networks may use the site.
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    /// These client networks are refused (deny wins over allow).
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+    /// Header rules for the whole site.
+    pub headers: Option<Spanned<HeadersFile>>,
+    /// Security headers of the site's responses. Default: `[server]`'s.
+    pub security_headers: Option<Spanned<SecurityHeadersFile>>,
+    /// Largest request body on this site. Default: `[limits] max_body_size`.
+    pub max_body_size: Option<Spanned<String>>,
 }
 
 /// `[[site.route]]`
@@ -215,6 +366,25 @@ pub struct RouteFile {
     /// Send the client's `Host` header upstream instead of the target's address.
     #[serde(default)]
     pub preserve_host: bool,
+
+    /// A `[rate_limit.NAME]`, or an inline rate such as `"5/m burst 10 per ip"`.
+    pub rate_limit: Option<Spanned<String>>,
+    /// A `[cors.NAME]` policy.
+    pub cors: Option<Spanned<String>>,
+    /// Most requests in flight on this route; more get 503 at once.
+    pub max_in_flight: Option<Spanned<i64>>,
+    /// Only these client networks may use the route.
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    /// These client networks are refused (deny wins over allow).
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+    /// Header rules of this route (after the site's).
+    pub headers: Option<Spanned<HeadersFile>>,
+    /// Security headers of this route's responses. Default: the site's.
+    pub security_headers: Option<Spanned<SecurityHeadersFile>>,
+    /// Largest request body on this route. Default: the site's.
+    pub max_body_size: Option<Spanned<String>>,
 }
 
 /// `redirect = { to = "...", status = 308, keep_path = true }`
@@ -269,6 +439,8 @@ pub struct UpstreamFile {
     pub idle_timeout: Option<Spanned<String>>,
     /// Idle keep-alive connections kept per target and worker. Default 64.
     pub keepalive: Option<Spanned<i64>>,
+    /// Most requests in flight to the whole pool; more get 503 at once.
+    pub max_in_flight: Option<Spanned<i64>>,
 }
 
 /// A target: an address, or an address with a weight.

@@ -17,6 +17,7 @@ mod error;
 pub mod file;
 mod interpolate;
 pub mod model;
+mod policy;
 mod units;
 
 use std::path::{Path, PathBuf};

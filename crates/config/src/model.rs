@@ -8,6 +8,10 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::num::NonZeroU64;
+use std::sync::Arc;
+
+pub use gatehouse_policy::{CorsPolicy, HeaderRules, IpRules, KeyKind, Rate, RateSpec, SecurityHeaders};
 use http::{Method, StatusCode};
 use ipnet::IpNet;
 
@@ -28,6 +32,96 @@ pub struct Config {
     pub store: Store,
     /// Backups.
     pub backup: Backup,
+    /// Redis for shared rate limits; `None` keeps limits in this process.
+    pub redis: Option<Redis>,
+    /// Rate limits: the named ones of `[rate_limit.NAME]`, then the inline ones
+    /// of routes. Routes refer to them by index.
+    pub rate_limits: Vec<RateLimit>,
+    /// Request size limits and client timeouts.
+    pub limits: Limits,
+}
+
+/// `[redis]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redis {
+    /// `redis://…`; may carry a password.
+    pub url: Secret,
+    /// Most a request waits for Redis.
+    pub timeout: Duration,
+    /// Most one connection attempt takes.
+    pub connect_timeout: Duration,
+    /// Longest pause between reconnect attempts.
+    pub reconnect_max: Duration,
+    /// Key prefix.
+    pub key_prefix: String,
+}
+
+/// A rate limit, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// `[rate_limit.NAME]`'s name, or the route's name for an inline limit. It
+    /// names the limit in `RateLimit-Policy` and in Redis keys.
+    pub name: String,
+    /// Rate and key.
+    pub spec: RateSpec,
+    /// Counted in Redis.
+    pub shared: bool,
+    /// Most keys kept in memory.
+    pub max_keys: NonZeroUsize,
+}
+
+/// `[limits]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head in bytes.
+    pub max_header_size: usize,
+    /// Most request headers.
+    pub max_headers: usize,
+    /// Largest request body; `None`: no limit.
+    pub max_body_size: Option<u64>,
+    /// Time to send a request head, and idle keep-alive time.
+    pub header_timeout: Duration,
+    /// Longest pause while sending a body.
+    pub body_timeout: Duration,
+    /// Slowest average body rate in bytes per second after `body_timeout`.
+    pub body_min_rate: Option<NonZeroU64>,
+    /// Most open connections per client IP.
+    pub max_connections_per_ip: Option<u32>,
+    /// Requests per keep-alive connection.
+    pub keepalive_requests: u32,
+}
+
+/// Policies of a site, checked before its routes' own.
+#[derive(Debug, Clone, Default)]
+pub struct SitePolicy {
+    /// IP allow/deny rules.
+    pub ip_rules: IpRules,
+    /// Header rules for requests sent upstream.
+    pub request_headers: HeaderRules,
+    /// Header rules for responses.
+    pub response_headers: HeaderRules,
+}
+
+/// Policies of a route, with site and server settings already resolved where
+/// the most specific one wins (security headers, body size).
+#[derive(Debug, Clone, Default)]
+pub struct RoutePolicy {
+    /// Index into [`Config::rate_limits`].
+    pub rate_limit: Option<usize>,
+    /// CORS policy.
+    pub cors: Option<Arc<CorsPolicy>>,
+    /// Most requests in flight.
+    pub max_in_flight: Option<usize>,
+    /// IP allow/deny rules (the site's are checked first).
+    pub ip_rules: IpRules,
+    /// Security headers added to responses.
+    pub security_headers: SecurityHeaders,
+    /// Header rules for requests sent upstream (after the site's).
+    pub request_headers: HeaderRules,
+    /// Header rules for responses (after the site's).
+    pub response_headers: HeaderRules,
+    /// Largest request body; `None`: no limit.
+    pub max_body_size: Option<u64>,
 }
 
 /// `[store]`, validated.
@@ -238,6 +332,8 @@ pub struct Site {
     pub default: bool,
     /// Routes in file order (the router orders them by prefix length).
     pub routes: Vec<Route>,
+    /// Site-wide policies.
+    pub policy: SitePolicy,
 }
 
 /// A route, validated.
@@ -251,6 +347,8 @@ pub struct Route {
     pub methods: Option<Vec<Method>>,
     /// What to do with a matching request.
     pub action: Action,
+    /// Edge policies.
+    pub policy: RoutePolicy,
 }
 
 /// What a route does with a request.
@@ -326,6 +424,8 @@ pub struct Upstream {
     pub passive: Passive,
     /// Retry rules.
     pub retries: Retries,
+    /// Most requests in flight to the pool.
+    pub max_in_flight: Option<usize>,
 }
 
 /// How an upstream spreads requests.

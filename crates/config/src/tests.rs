@@ -598,3 +598,150 @@ fn admin_address_errors_are_precise() {
     );
     fails("[server]\nadmin = 2019\n", 2, 9, "server.admin", "invalid type");
 }
+
+const POLICY_BASE: &str = r#"
+[upstream.api]
+targets = ["127.0.0.1:8000"]
+max_in_flight = 100
+
+[rate_limit.api]
+rate = "20/s burst 40"
+
+[cors.web]
+origins = ["https://app.example.com", "https://*.example.org"]
+credentials = true
+
+[limits]
+max_body_size = "10MiB"
+header_timeout = "10s"
+
+[[site]]
+hosts = ["app.example.com"]
+deny = ["203.0.113.0/24"]
+max_body_size = "1MiB"
+  [[site.route]]
+  path = "/api/"
+  upstream = "api"
+  rate_limit = "api"
+  cors = "web"
+  max_in_flight = 10
+  [[site.route]]
+  path = "/login"
+  upstream = "api"
+  rate_limit = "5/m burst 10 per header X-Api-Key"
+  max_body_size = "4KiB"
+  [[site.route]]
+  path = "/"
+  respond = { body = "hi" }
+  security_headers = { csp = "default-src 'self'", frame = "sameorigin" }
+"#;
+
+#[test]
+fn policy_keys_convert_to_the_typed_model() {
+    let c = ok(POLICY_BASE);
+    assert_eq!(c.rate_limits.len(), 2, "one named, one inline");
+    assert_eq!(c.rate_limits[0].name, "api");
+    assert!(!c.rate_limits[0].shared, "no [redis]: local");
+    assert_eq!(c.rate_limits[1].name, "app.example.com/login");
+    assert_eq!(c.rate_limits[1].spec.to_string(), "5/m burst 10 per header x-api-key");
+    assert_eq!(c.upstreams[0].max_in_flight, Some(100));
+    assert_eq!(c.limits.header_timeout, std::time::Duration::from_secs(10));
+    assert_eq!(c.limits.max_body_size, Some(10 << 20));
+    assert_eq!(c.limits.keepalive_requests, 1000);
+    let site = &c.sites[0];
+    assert!(!site.policy.ip_rules.check("203.0.113.5".parse().unwrap()).is_allowed());
+    let api = &site.routes[0].policy;
+    assert_eq!(api.rate_limit, Some(0));
+    assert_eq!(api.cors.as_ref().map(|p| p.name()), Some("web"));
+    assert_eq!(api.max_in_flight, Some(10));
+    assert_eq!(api.max_body_size, Some(1 << 20), "inherited from the site");
+    assert_eq!(site.routes[1].policy.rate_limit, Some(1));
+    assert_eq!(site.routes[1].policy.max_body_size, Some(4096));
+}
+
+#[test]
+fn shared_limits_follow_redis() {
+    let c = ok(&format!("[redis]\nurl = \"redis://127.0.0.1:6379/0\"\n{POLICY_BASE}"));
+    assert!(c.rate_limits.iter().all(|l| l.shared));
+    assert!(!format!("{:?}", c.redis).contains("6379/0"), "the url is a secret");
+    fails(
+        "[rate_limit.a]\nrate = \"1/s\"\nshared = true\n",
+        3,
+        10,
+        "rate_limit.a.shared",
+        "needs a [redis] table",
+    );
+}
+
+#[test]
+fn policy_errors_name_the_key_and_what_is_valid() {
+    fails(
+        "[rate_limit.a]\nrate = \"20/w\"\n",
+        2,
+        8,
+        "rate_limit.a.rate",
+        "unknown unit",
+    );
+    let routed = |extra: &str| {
+        format!(
+            "[upstream.u]\ntargets = [\"127.0.0.1:1\"]\n[[site]]\nhosts = [\"a.test\"]\n  [[site.route]]\n  path = \"/\"\n  upstream = \"u\"\n  {extra}\n"
+        )
+    };
+    fails(
+        &routed("rate_limit = \"apii\""),
+        8,
+        16,
+        "site[0].route[0].rate_limit",
+        "is not defined",
+    );
+    fails(
+        &routed("cors = \"web\""),
+        8,
+        10,
+        "site[0].route[0].cors",
+        "is not defined",
+    );
+    fails(
+        &routed("allow = [\"10.0.0.0/33\"]"),
+        8,
+        12,
+        "site[0].route[0].allow[0]",
+        "invalid network",
+    );
+    fails(
+        &routed("max_in_flight = 0"),
+        8,
+        19,
+        "site[0].route[0].max_in_flight",
+        "expected 1 to",
+    );
+    fails(
+        &routed("headers = { request = { set = { x-forwarded-for = \"1.2.3.4\" } } }"),
+        8,
+        13,
+        "site[0].route[0].headers.request",
+        "x-forwarded-for",
+    );
+    fails(
+        "[cors.any]\norigins = [\"*\"]\ncredentials = true\n",
+        1,
+        1,
+        "cors.any",
+        "credentials",
+    );
+    fails(
+        "[limits]\nmax_header_size = \"1KiB\"\n",
+        2,
+        19,
+        "limits.max_header_size",
+        "8KiB to 16MiB",
+    );
+    fails(
+        "[limits]\nbody_min_rate = \"0\"\n",
+        2,
+        17,
+        "limits.body_min_rate",
+        "\"off\"",
+    );
+    fails("[redis]\nurl = \"http://x\"\n", 2, 7, "redis.url", "redis://");
+}
