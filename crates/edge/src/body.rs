@@ -4,28 +4,101 @@
 //! passed through one at a time, so memory stays bounded whatever the body size,
 //! and back-pressure from the slower side reaches the faster one.
 
+use std::future::Future;
+use std::num::NonZeroU64;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gatehouse_files::FileBody;
 use gatehouse_observe::{AccessLogSender, AccessRecord};
+use gatehouse_policy::ConcurrencyGuard;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::pool::PooledConn;
 
+/// Limits on how a client sends a request body (`[limits]` and the route's
+/// `max_body_size`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyRules {
+    /// Most bytes accepted.
+    pub(crate) max: Option<u64>,
+    /// Longest pause between two reads.
+    pub(crate) timeout: Duration,
+    /// Slowest average rate (bytes per second) once `timeout` has passed.
+    pub(crate) min_rate: Option<NonZeroU64>,
+}
+
+/// Why the edge stopped reading a request body; read by the handler to choose
+/// 413 or 408 when the upstream exchange then fails.
+#[derive(Debug, Default)]
+pub(crate) struct BodyFault(AtomicU8);
+
+impl BodyFault {
+    const TOO_LARGE: u8 = 1;
+    const TOO_SLOW: u8 = 2;
+
+    pub(crate) fn too_large(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::TOO_LARGE
+    }
+
+    pub(crate) fn too_slow(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::TOO_SLOW
+    }
+}
+
+/// A request body the edge refused to keep reading.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    /// The client's connection failed.
+    #[error(transparent)]
+    Client(#[from] hyper::Error),
+    /// More bytes than `max_body_size`.
+    #[error("request body larger than {0} bytes")]
+    TooLarge(u64),
+    /// The body arrived too slowly.
+    #[error("request body too slow")]
+    TooSlow,
+}
+
+/// Enforcement state of [`BodyRules`]: created with the first poll.
+struct Watch {
+    rules: BodyRules,
+    fault: Arc<BodyFault>,
+    start: Instant,
+    received: u64,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Watch {
+    /// When the body is late: `timeout` after the last data, or when the average
+    /// rate since `start + timeout` falls below `min_rate`.
+    fn deadline(&self, now: Instant) -> Instant {
+        let idle = now + self.rules.timeout;
+        match self.rules.min_rate {
+            Some(rate) => {
+                let covered = Duration::from_secs_f64(self.received as f64 / rate.get() as f64);
+                idle.min(self.start + self.rules.timeout + covered)
+            }
+            None => idle,
+        }
+    }
+}
+
 pin_project! {
     /// A client's request body on its way upstream, counting bytes for the
-    /// access log when it is on. Empty for replayed body-less requests.
+    /// access log when it is on, and enforcing the size and rate limits. Empty
+    /// for replayed body-less requests.
     pub struct RequestBody {
         #[pin]
         inner: Option<Incoming>,
         counter: Option<Arc<AtomicU64>>,
+        watch: Option<Box<Watch>>,
     }
 }
 
@@ -34,7 +107,22 @@ impl RequestBody {
         Self {
             inner: Some(inner),
             counter,
+            watch: None,
         }
+    }
+
+    /// Enforces `rules` on this body; `fault` records why reading stopped.
+    pub(crate) fn with_rules(mut self, rules: BodyRules, fault: Arc<BodyFault>) -> Self {
+        if !self.is_end_stream() {
+            self.watch = Some(Box::new(Watch {
+                rules,
+                fault,
+                start: Instant::now(),
+                received: 0,
+                timer: None,
+            }));
+        }
+        self
     }
 
     /// No body (a retry of a request that had none).
@@ -42,26 +130,61 @@ impl RequestBody {
         Self {
             inner: None,
             counter: None,
+            watch: None,
         }
     }
 }
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = RequestBodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
             return Poll::Ready(None);
         };
         let res = inner.poll_frame(cx);
-        if let (Some(counter), Poll::Ready(Some(Ok(frame)))) = (this.counter.as_ref(), &res) {
-            if let Some(data) = frame.data_ref() {
-                counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let len = match &res {
+            Poll::Ready(Some(Ok(frame))) => frame.data_ref().map_or(0, |d| d.len() as u64),
+            _ => 0,
+        };
+        if len > 0 {
+            if let Some(counter) = this.counter.as_ref() {
+                counter.fetch_add(len, Ordering::Relaxed);
             }
         }
-        res
+        if let Some(watch) = this.watch.as_mut() {
+            match &res {
+                Poll::Ready(Some(Ok(_))) => {
+                    watch.received += len;
+                    if let Some(max) = watch.rules.max {
+                        if watch.received > max {
+                            watch.fault.0.store(BodyFault::TOO_LARGE, Ordering::Relaxed);
+                            return Poll::Ready(Some(Err(RequestBodyError::TooLarge(max))));
+                        }
+                    }
+                    let deadline = watch.deadline(Instant::now());
+                    if let Some(timer) = watch.timer.as_mut() {
+                        timer.as_mut().reset(deadline.into());
+                    }
+                }
+                Poll::Pending => {
+                    if watch.timer.is_none() {
+                        let deadline = watch.deadline(Instant::now());
+                        watch.timer = Some(Box::pin(tokio::time::sleep_until(deadline.into())));
+                    }
+                    if let Some(timer) = watch.timer.as_mut() {
+                        if timer.as_mut().poll(cx).is_ready() {
+                            watch.fault.0.store(BodyFault::TOO_SLOW, Ordering::Relaxed);
+                            return Poll::Ready(Some(Err(RequestBodyError::TooSlow)));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        res.map(|o| o.map(|r| r.map_err(RequestBodyError::Client)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -104,6 +227,8 @@ pin_project! {
         #[pin]
         kind: Kind,
         log: Option<Box<PendingLog>>,
+        // Concurrency-limit slots, held until the body ends or is dropped.
+        guards: Vec<ConcurrencyGuard>,
     }
 }
 
@@ -121,6 +246,7 @@ impl ResponseBody {
         Self {
             kind: Kind::Upstream { body, conn, in_flight },
             log: None,
+            guards: Vec::new(),
         }
     }
 
@@ -131,6 +257,7 @@ impl ResponseBody {
                 data: (!data.is_empty()).then_some(data),
             },
             log: None,
+            guards: Vec::new(),
         }
     }
 
@@ -138,6 +265,7 @@ impl ResponseBody {
         Self {
             kind: Kind::File { body },
             log: None,
+            guards: Vec::new(),
         }
     }
 
@@ -145,11 +273,17 @@ impl ResponseBody {
         Self {
             kind: Kind::Full { data: None },
             log: None,
+            guards: Vec::new(),
         }
     }
 
     pub(crate) fn set_log(&mut self, log: Box<PendingLog>) {
         self.log = Some(log);
+    }
+
+    /// Holds concurrency-limit slots until the body ends.
+    pub(crate) fn hold(&mut self, guards: Vec<ConcurrencyGuard>) {
+        self.guards = guards;
     }
 }
 

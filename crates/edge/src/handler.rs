@@ -14,7 +14,7 @@
 //!    access-log record, written when the body ends.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -30,9 +30,12 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::body::{InFlight, PendingLog, RequestBody, ResponseBody};
+use gatehouse_policy::{ConcurrencyGuard, Decision};
+
+use crate::body::{BodyFault, BodyRules, InFlight, PendingLog, RequestBody, ResponseBody};
 use crate::forwarding::{self, PeerInfo, X_REQUEST_ID};
 use crate::path::{self, PathError};
+use crate::policies::{self, PolicySet};
 use crate::pool::{SendError, TargetPool};
 use crate::request_id;
 use crate::router::{self, CompiledRoute, Match, Router};
@@ -48,6 +51,8 @@ pub(crate) struct Shared {
     /// Sticky-cookie signing keys by upstream name (configured, or random per
     /// process).
     cookie_keys: std::collections::HashMap<String, Vec<u8>>,
+    /// Rate limiters, upstream concurrency limits, connection counts.
+    pub(crate) policies: PolicySet,
 }
 
 impl Shared {
@@ -84,6 +89,7 @@ impl Shared {
             .collect();
         Ok(Self {
             router: Router::new(&config)?,
+            policies: PolicySet::new(&config)?,
             config,
             access_log,
             health,
@@ -139,16 +145,41 @@ pub(crate) struct ConnCtx {
     pub(crate) peer: PeerInfo,
     /// `http` or `https`, for forwarding headers.
     pub(crate) proto: &'static str,
+    /// Requests started on this connection (for `keepalive_requests`).
+    pub(crate) requests: AtomicU32,
 }
 
-/// What the request path learned about a request, for the access log.
-struct Ctx {
+impl ConnCtx {
+    pub(crate) fn new(peer: PeerInfo, proto: &'static str) -> Self {
+        Self {
+            peer,
+            proto,
+            requests: AtomicU32::new(0),
+        }
+    }
+}
+
+/// What the request path learned about a request: for the response filter and
+/// the access log.
+struct Ctx<'a> {
     request_id: HeaderValue,
     client_ip: std::net::IpAddr,
     route: Option<Arc<str>>,
     upstream: Option<http::uri::Authority>,
     upstream_duration: Option<Duration>,
     bytes_in: Option<Arc<AtomicU64>>,
+    /// The matched route, whose policies shape the response.
+    matched: Option<&'a CompiledRoute>,
+    /// The rate-limit decision, reported in `RateLimit` headers.
+    decision: Option<Decision>,
+    /// `Origin` of a request on a CORS route.
+    origin: Option<HeaderValue>,
+    /// The response is a CORS preflight answer (complete as it is).
+    preflight: bool,
+    /// Concurrency slots held until the response body ends.
+    guards: Vec<ConcurrencyGuard>,
+    /// Close the connection after this response (the request body was not read).
+    close: bool,
 }
 
 impl Worker {
@@ -231,15 +262,35 @@ impl Worker {
             upstream: None,
             upstream_duration: None,
             bytes_in,
+            matched: None,
+            decision: None,
+            origin: None,
+            preflight: false,
+            guards: Vec::new(),
+            close: false,
         };
+        let served = conn.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let log_parts = self
             .shared
             .access_log
             .as_ref()
             .map(|_| (req.method().clone(), req.uri().clone(), req.version()));
 
-        let mut resp = self.dispatch(conn, &mut ctx, host.as_ref(), req, start).await;
-
+        let version = req.version();
+        let mut resp = match policies::hygiene(&req) {
+            Ok(()) => self.dispatch(conn, &mut ctx, host.as_ref(), req, start).await,
+            Err(why) => {
+                ctx.close = true;
+                local_error(StatusCode::BAD_REQUEST, why, &ctx.request_id)
+            }
+        };
+        self.response_filter(&mut ctx, &mut resp);
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS
+            && (ctx.close || (version == Version::HTTP_11 && served >= self.shared.config.limits.keepalive_requests))
+        {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp.headers_mut().insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
         if let (Some(sender), Some((method, uri, version))) = (&self.shared.access_log, log_parts) {
             let record = AccessRecord {
@@ -268,10 +319,95 @@ impl Worker {
         resp
     }
 
-    async fn dispatch(
+    /// *Response filter*: rate-limit fields, CORS, security headers and header
+    /// rules of the matched route (on the edge's own answers too, so a browser
+    /// app sees a 429 or 503 rather than a CORS error).
+    fn response_filter(&self, ctx: &mut Ctx<'_>, resp: &mut Response<ResponseBody>) {
+        let Some(route) = ctx.matched else { return };
+        let h = resp.headers_mut();
+        if let Some(d) = &ctx.decision {
+            d.write_headers(h);
+        }
+        if !ctx.preflight {
+            if let Some(cors) = &route.policy.cors {
+                cors.apply(ctx.origin.as_ref(), h);
+            }
+        }
+        route.policy.security_headers.apply(h);
+        route.site.policy.response_headers.apply(h);
+        route.policy.response_headers.apply(h);
+        if !ctx.guards.is_empty() {
+            resp.body_mut().hold(std::mem::take(&mut ctx.guards));
+        }
+    }
+
+    /// *Route* policies, in order: IP rules, CORS preflight, rate limit,
+    /// concurrency limit, declared body size. `Some` is the refusal.
+    async fn route_policies(
         &self,
+        ctx: &mut Ctx<'_>,
+        route: &CompiledRoute,
+        req: &Request<Incoming>,
+    ) -> Option<Response<ResponseBody>> {
+        let (site_ip, route_ip) = (&route.site.policy.ip_rules, &route.policy.ip_rules);
+        if (!site_ip.is_empty() && !site_ip.check(ctx.client_ip).is_allowed())
+            || (!route_ip.is_empty() && !route_ip.check(ctx.client_ip).is_allowed())
+        {
+            return Some(local_error(
+                StatusCode::FORBIDDEN,
+                "this client address is not allowed here",
+                &ctx.request_id,
+            ));
+        }
+        if let Some(cors) = &route.policy.cors {
+            ctx.origin = req.headers().get(header::ORIGIN).cloned();
+            // Before the rate limit: browsers send preflights on their own.
+            if let Some(preflight) = cors.preflight(req.method(), req.headers()) {
+                ctx.preflight = true;
+                return Some(preflight.into_response().map(ResponseBody::full));
+            }
+        }
+        if let Some((limiter, key)) = route
+            .policy
+            .rate_limit
+            .and_then(|i| self.shared.policies.limiters.get(i))
+        {
+            let decision = limiter.check(&key.key(ctx.client_ip, req.headers(), None)).await;
+            let allowed = decision.allowed;
+            ctx.decision = Some(decision);
+            if !allowed {
+                return Some(local_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate limit exceeded",
+                    &ctx.request_id,
+                ));
+            }
+        }
+        if let Some(limit) = &route.in_flight {
+            match limit.try_acquire() {
+                Some(guard) => ctx.guards.push(guard),
+                None => return Some(shed(&ctx.request_id)),
+            }
+        }
+        if let Some(max) = route.policy.max_body_size {
+            if policies::content_length(req.headers()).is_some_and(|n| n > max) {
+                // Refused before reading: the body is left unread, so the
+                // connection cannot be reused.
+                ctx.close = true;
+                return Some(local_error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large",
+                    &ctx.request_id,
+                ));
+            }
+        }
+        None
+    }
+
+    async fn dispatch<'a>(
+        &'a self,
         conn: &ConnCtx,
-        ctx: &mut Ctx,
+        ctx: &mut Ctx<'a>,
         host: Option<&HeaderValue>,
         req: Request<Incoming>,
         start: Instant,
@@ -321,6 +457,10 @@ impl Worker {
             }
         };
         ctx.route = Some(route.name.clone());
+        ctx.matched = Some(route);
+        if let Some(refused) = self.route_policies(ctx, route, &req).await {
+            return refused;
+        }
         match &route.action {
             Action::Proxy(p) => {
                 // `None` when the path was already normal: the original is forwarded.
@@ -402,7 +542,7 @@ impl Worker {
     async fn proxy(
         &self,
         conn: &ConnCtx,
-        ctx: &mut Ctx,
+        ctx: &mut Ctx<'_>,
         route: &CompiledRoute,
         action: &ProxyAction,
         mut req: Request<Incoming>,
@@ -413,6 +553,12 @@ impl Worker {
         let Some(pool) = self.upstreams.get(action.upstream) else {
             return local_error(StatusCode::INTERNAL_SERVER_ERROR, "upstream missing", &ctx.request_id);
         };
+        if let Some(Some(limit)) = self.shared.policies.upstream_limits.get(action.upstream) {
+            match limit.try_acquire() {
+                Some(guard) => ctx.guards.push(guard),
+                None => return shed(&ctx.request_id),
+            }
+        }
         // Upstream request filter (the part that does not depend on the target).
         let wants_upgrade = req.version() == Version::HTTP_11 && req.headers().contains_key(header::UPGRADE);
         let client_upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -433,6 +579,10 @@ impl Worker {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
+        // Operator rules first, then the identity headers gatehouse vouches for.
+        policies::strip_internal_headers(&mut parts.headers);
+        route.site.policy.request_headers.apply(&mut parts.headers);
+        route.policy.request_headers.apply(&mut parts.headers);
         forwarding::add_forwarding_headers(&mut parts.headers, &conn.peer, conn.proto, host);
         parts.headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
         parts.version = Version::HTTP_11;
@@ -464,7 +614,19 @@ impl Worker {
             *r.headers_mut() = headers.clone();
             r
         };
-        let mut pending = Some(Request::from_parts(parts, RequestBody::new(body, ctx.bytes_in.clone())));
+        let mut body = RequestBody::new(body, ctx.bytes_in.clone());
+        let fault = (!body.is_end_stream()).then(|| Arc::new(BodyFault::default()));
+        if let Some(fault) = &fault {
+            let limits = &self.shared.config.limits;
+            let rules = BodyRules {
+                max: route.policy.max_body_size,
+                timeout: limits.body_timeout,
+                min_rate: limits.body_min_rate,
+            };
+            body = body.with_rules(rules, fault.clone());
+        }
+        let client_fault = || fault.as_ref().is_some_and(|f| f.too_large() || f.too_slow());
+        let mut pending = Some(Request::from_parts(parts, body));
         if pool.attempts > 1 {
             pool.budget.record_request();
         }
@@ -524,6 +686,7 @@ impl Worker {
                     }
                     break Some((resp, conn, in_flight, choice));
                 }
+                Ok(Err(_)) if client_fault() => break None,
                 Ok(Err((e, unsent))) => {
                     health.record_failure();
                     tracing::warn!(
@@ -551,6 +714,17 @@ impl Worker {
             }
         };
         let Some((mut resp, conn, in_flight, choice)) = outcome else {
+            if let Some(fault) = &fault {
+                // The client, not the upstream, broke the exchange.
+                if fault.too_large() {
+                    ctx.close = true;
+                    return local_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large", &ctx.request_id);
+                }
+                if fault.too_slow() {
+                    ctx.close = true;
+                    return local_error(StatusCode::REQUEST_TIMEOUT, "request body too slow", &ctx.request_id);
+                }
+            }
             return match last_error {
                 Some((status, why)) => local_error(status, why, &ctx.request_id),
                 None => self.all_down(pool, action.upstream, &ctx.request_id),
@@ -690,6 +864,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+/// 503 for a request over a concurrency limit: no queue, come back in a second.
+fn shed(request_id: &HeaderValue) -> Response<ResponseBody> {
+    let mut resp = local_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many requests in flight",
+        request_id,
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 /// A short plain-text error response carrying the request id.

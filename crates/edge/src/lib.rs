@@ -14,13 +14,14 @@ mod forwarding;
 mod handler;
 mod healthcheck;
 mod path;
+mod policies;
 mod pool;
 mod request_id;
 mod router;
 mod server;
 mod statics;
 
-pub use body::{RequestBody, ResponseBody};
+pub use body::{RequestBody, RequestBodyError, ResponseBody};
 pub use server::{BoundServer, RunningServer, TargetStatus, UpstreamStatus, UpstreamsView, bind};
 
 use std::net::SocketAddr;
@@ -46,6 +47,15 @@ pub enum EdgeError {
         /// What went wrong.
         #[source]
         source: gatehouse_files::FilesError,
+    },
+    /// An edge policy could not be set up.
+    #[error("{what}: {source}")]
+    Policy {
+        /// Which route, upstream or limit.
+        what: String,
+        /// What went wrong.
+        #[source]
+        source: gatehouse_policy::PolicyError,
     },
     /// A worker thread could not be started.
     #[error("cannot start worker thread: {0}")]

@@ -7,8 +7,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gatehouse_config::{Action, Config, HostPattern};
+use gatehouse_config::{Action, Config, HostPattern, RoutePolicy, SitePolicy};
 use gatehouse_files::{ReleaseStore, StaticService};
+use gatehouse_policy::ConcurrencyLimit;
 use http::Method;
 
 use crate::statics;
@@ -31,6 +32,12 @@ struct SiteRoutes {
     routes: Vec<CompiledRoute>,
 }
 
+/// A site's own policies, checked before its routes'.
+#[derive(Debug)]
+pub(crate) struct CompiledSite {
+    pub(crate) policy: SitePolicy,
+}
+
 /// A route ready for the request path.
 #[derive(Debug)]
 pub(crate) struct CompiledRoute {
@@ -43,6 +50,12 @@ pub(crate) struct CompiledRoute {
     pub(crate) respond_body: Bytes,
     /// The static server of a `static` action.
     pub(crate) files: Option<StaticService>,
+    /// The site's policies (IP rules, header rules).
+    pub(crate) site: Arc<CompiledSite>,
+    /// The route's policies.
+    pub(crate) policy: RoutePolicy,
+    /// `max_in_flight` of the route.
+    pub(crate) in_flight: Option<Arc<ConcurrencyLimit>>,
 }
 
 /// Outcome of matching a request.
@@ -93,8 +106,22 @@ impl Router {
             if site.default {
                 default = Some(i);
             }
+            let compiled_site = Arc::new(CompiledSite {
+                policy: site.policy.clone(),
+            });
             let mut routes: Vec<CompiledRoute> = Vec::with_capacity(site.routes.len());
             for r in &site.routes {
+                let in_flight = match r.policy.max_in_flight {
+                    Some(max) => {
+                        Some(
+                            ConcurrencyLimit::new(&r.name, max).map_err(|source| crate::EdgeError::Policy {
+                                what: format!("route {}", r.name),
+                                source,
+                            })?,
+                        )
+                    }
+                    None => None,
+                };
                 let files = match &r.action {
                     Action::Static(st) => Some(statics::build(st, &mut releases, &config.server.data_dir).map_err(
                         |source| crate::EdgeError::Static {
@@ -114,6 +141,9 @@ impl Router {
                     },
                     files,
                     action: r.action.clone(),
+                    site: compiled_site.clone(),
+                    policy: r.policy.clone(),
+                    in_flight,
                 });
             }
             // Stable sort: among equal prefixes, file order decides (method-specific

@@ -9,6 +9,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -26,13 +27,17 @@ use crate::EdgeError;
 use crate::forwarding::PeerInfo;
 use crate::handler::{ConnCtx, Shared, Worker};
 use crate::healthcheck;
+use crate::policies::ConnSlot;
 
 /// Pending connections the kernel queues per socket; matches common
 /// `net.core.somaxconn` defaults so bursts of new clients are not refused.
 const LISTEN_BACKLOG: i32 = 4096;
-/// Time allowed for a client to send a complete request head. Stops idle
-/// connections that never send a request from holding resources.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The first bytes of an HTTP/2 connection with prior knowledge.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// What a client that never finished its first request head gets before the
+/// connection closes.
+const REQUEST_TIMEOUT_RESPONSE: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 /// Concurrent HTTP/2 streams per connection: enough for a browser's page load,
 /// bounded so one connection cannot monopolise a worker.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
@@ -203,14 +208,19 @@ fn run_worker(
         let worker = Arc::new(Worker::new(shared.clone()));
         let graceful = Arc::new(GracefulShutdown::new());
         let mut builder = auto::Builder::new(TokioExecutor::new());
+        let limits = &shared.config.limits;
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(limits.header_timeout)
+            .max_headers(limits.max_headers)
+            // The head must fit the read buffer: a larger one gets 431.
+            .max_buf_size(limits.max_header_size.max(8192))
             .keep_alive(true);
         builder
             .http2()
             .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
             .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
         let builder = Arc::new(builder);
 
@@ -279,26 +289,77 @@ async fn accept_loop(
                 continue;
             }
         };
+        let Some(slot) = ConnSlot::acquire(shared.policies.connections.as_ref(), peer.ip()) else {
+            tracing::debug!(%peer, "Connection refused: too many open connections from this address.");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(ConnCtx {
-            peer: PeerInfo::new(peer.ip(), &shared.config.server.trusted_proxies),
-            proto: "http",
-        });
+        let conn = Arc::new(ConnCtx::new(
+            PeerInfo::new(peer.ip(), &shared.config.server.trusted_proxies),
+            "http",
+        ));
+        let header_timeout = shared.config.limits.header_timeout;
         let worker = worker.clone();
-        let service = service_fn(move |req| {
-            let worker = worker.clone();
-            let conn = conn.clone();
-            async move { Ok::<_, Infallible>(worker.handle(&conn, req).await) }
-        });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let watched = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let mut stop = shutdown.clone();
         tokio::spawn(async move {
-            if let Err(e) = watched.await {
+            let _slot = slot;
+            let ready = tokio::select! {
+                ready = first_bytes(&stream, header_timeout) => ready,
+                _ = stop.wait_for(|stop| *stop) => false,
+            };
+            if !ready {
+                return;
+            }
+            // A second handle on the socket, to answer 408 after hyper gave up
+            // on a request head.
+            let alarm = socket2::SockRef::from(&stream).try_clone().ok();
+            let service_conn = conn.clone();
+            let service = service_fn(move |req| {
+                let worker = worker.clone();
+                let conn = service_conn.clone();
+                async move { Ok::<_, Infallible>(worker.handle(&conn, req).await) }
+            });
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
+                let timed_out = e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
+                if timed_out && conn.requests.load(Ordering::Relaxed) == 0 {
+                    if let Some(alarm) = alarm {
+                        let _ = alarm.send(REQUEST_TIMEOUT_RESPONSE);
+                    }
+                }
                 tracing::debug!(%peer, error = %e, "Client connection ended with an error.");
             }
         });
+    }
+}
+
+/// Waits until the client has sent enough to tell HTTP/1 from HTTP/2, at most
+/// `timeout`; `false` when it sent nothing in time or closed. (Version
+/// detection has no timeout of its own, and hyper's head timeout starts only
+/// after it.)
+async fn first_bytes(stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; 24];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        if n == 0 {
+            return false;
+        }
+        if n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
+            return true;
+        }
+        // Part of an HTTP/2 preface: the rest is on its way.
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
