@@ -7,5 +7,6 @@
 mod common;
 mod files;
 mod manager;
+mod pebble;
 mod resolver;
 mod store;
