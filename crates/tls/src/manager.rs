@@ -28,6 +28,11 @@ const LEASE_BUSY_RETRY: Duration = Duration::from_secs(60);
 /// a suspended machine or a stepped clock delays renewal by at most this much.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
+/// How often the renewal window is asked again while a certificate is not yet due: a
+/// CA moves windows earlier when it must revoke (RFC 9773 §4.3), and Let's Encrypt
+/// suggests polling about twice a day.
+pub const RENEWAL_INFO_POLL: Duration = Duration::from_secs(6 * 3600);
+
 /// Events buffered for slow subscribers before the oldest are dropped.
 const EVENT_BUFFER: usize = 256;
 
@@ -154,7 +159,8 @@ struct Inner {
     on_demand: Option<OnDemand>,
     /// Per-name gates so concurrent first handshakes for one on-demand name order once.
     on_demand_gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Renewal tasks by certificate name.
+    tasks: Mutex<HashMap<String, JoinHandle<()>>>,
 }
 
 /// Keeps certificates obtained and renewed in the background.
@@ -198,7 +204,7 @@ impl CertManager {
                 holder: config.holder,
                 on_demand: config.on_demand,
                 on_demand_gates: Mutex::new(HashMap::new()),
-                tasks: Mutex::new(Vec::new()),
+                tasks: Mutex::new(HashMap::new()),
             }),
         };
         for cert in certs {
@@ -207,11 +213,39 @@ impl CertManager {
         manager
     }
 
-    /// Starts managing one more certificate (e.g. a site added by a reload).
+    /// Starts managing one more certificate (e.g. a site added by a reload). A
+    /// certificate already managed under the same name (first entry of `names`) gets a
+    /// fresh task with the new names and issuer; its served certificate stays until the
+    /// new task replaces it.
     pub fn add(&self, cert: ManagedCert) {
+        let Some(name) = cert.names.first().cloned() else {
+            return;
+        };
         let inner = self.inner.clone();
         let handle = tokio::spawn(async move { inner.run(cert).await });
-        lock(&self.inner.tasks).push(handle);
+        if let Some(old) = lock(&self.inner.tasks).insert(name, handle) {
+            old.abort();
+        }
+    }
+
+    /// Stops managing the certificate `name` (e.g. a site removed by a reload). Serving
+    /// is left to the caller, who knows which host names to [`CertResolver::remove`].
+    /// Returns whether it was managed.
+    pub fn remove(&self, name: &str) -> bool {
+        match lock(&self.inner.tasks).remove(name) {
+            Some(task) => {
+                task.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The names of the managed certificates, sorted.
+    pub fn managed(&self) -> Vec<String> {
+        let mut names: Vec<_> = lock(&self.inner.tasks).keys().cloned().collect();
+        names.sort();
+        names
     }
 
     /// Events from now on (obtained, renewed, failed).
@@ -285,7 +319,7 @@ impl CertManager {
 
 impl Drop for CertManager {
     fn drop(&mut self) {
-        for task in lock(&self.inner.tasks).drain(..) {
+        for (_, task) in lock(&self.inner.tasks).drain() {
             task.abort();
         }
     }
@@ -378,7 +412,7 @@ impl<'a> Task<'a> {
     /// One order attempt under the semaphore and the store's lease.
     async fn attempt(&mut self) {
         let name = self.name().to_owned();
-        let Ok(_permit) = self.inner.orders.acquire().await else {
+        let Ok(permit) = self.inner.orders.acquire().await else {
             return;
         };
         match self
@@ -389,6 +423,8 @@ impl<'a> Task<'a> {
         {
             Ok(true) => {}
             Ok(false) => {
+                // Wait without holding an order slot, then adopt what the other one saved.
+                drop(permit);
                 tracing::debug!(%name, "Another instance is ordering this certificate.");
                 tokio::time::sleep(LEASE_BUSY_RETRY).await;
                 self.load_stored().await;
@@ -441,7 +477,11 @@ impl<'a> Task<'a> {
             .issue(&self.cert.names, self.current.as_ref(), self.inner.clock.now())
             .await?;
         let loaded = LoadedCert::from_pem(name, &pem)?;
-        self.inner.store.save_cert(name, &pem).await?;
+        // A certificate we could not store is still served: ordering it again would
+        // spend CA rate limits; the next start orders anew if the store stays broken.
+        if let Err(e) = self.inner.store.save_cert(name, &pem).await {
+            tracing::error!(%name, error = %e, "Could not store the new certificate; serving it anyway.");
+        }
         Ok((pem, loaded))
     }
 
@@ -482,6 +522,18 @@ impl Inner {
         task.load_stored().await;
         loop {
             let next = task.state.next_attempt(task.unit);
+            let poll_at = self.clock.now() + RENEWAL_INFO_POLL;
+            if next > poll_at
+                && let Some(pem) = task.current.clone()
+            {
+                task.sleep_until(poll_at).await;
+                let window = task.window(&pem).await;
+                if window != task.state.window {
+                    tracing::info!(name = task.name(), ?window, "The CA moved the renewal window.");
+                    task.state.window = window;
+                }
+                continue;
+            }
             task.sleep_until(next).await;
             task.attempt().await;
         }

@@ -300,4 +300,9 @@ async fn on_demand_through_the_manager() {
     assert!(resolver.lookup("ok.test").is_some());
     // Known now: no second order, no rate limit hit.
     manager.ensure_on_demand("OK.test.").await.unwrap();
+    // And renewed like a configured name until removed.
+    assert_eq!(manager.managed(), vec!["ok.test".to_owned()]);
+    assert!(manager.remove("ok.test"));
+    assert!(!manager.remove("ok.test"));
+    assert!(manager.managed().is_empty());
 }

@@ -152,18 +152,31 @@ async fn pebble_issues_with_http01_and_tls_alpn01() {
     let cert_path = dir.0.join("pebble-cert.pem");
     std::fs::write(&cert_path, pebble_cert.pem()).unwrap();
     std::fs::write(dir.0.join("pebble-key.pem"), key.serialize_pem()).unwrap();
-    let config = serde_json::json!({"pebble": {
-        "listenAddress": "127.0.0.1:14000",
-        "managementListenAddress": "127.0.0.1:15000",
-        "certificate": cert_path,
-        "privateKey": dir.0.join("pebble-key.pem"),
-        "httpPort": 5002,
-        "tlsPort": 5001,
-        "ocspResponderURL": "",
-        "externalAccountBindingRequired": false
-    }});
-    let config_path = dir.0.join("pebble.json");
-    std::fs::write(&config_path, config.to_string()).unwrap();
+    let pebble_config = |eab_keys: serde_json::Value| {
+        let config = serde_json::json!({"pebble": {
+            "listenAddress": "127.0.0.1:14000",
+            "managementListenAddress": "127.0.0.1:15000",
+            "certificate": cert_path,
+            "privateKey": dir.0.join("pebble-key.pem"),
+            "httpPort": 5002,
+            "tlsPort": 5001,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": !eab_keys.is_null(),
+            "externalAccountMACKeys": eab_keys,
+        }});
+        let path = dir.0.join(format!("pebble-{}.json", fastrand::u32(..)));
+        std::fs::write(&path, config.to_string()).unwrap();
+        path
+    };
+    let start_pebble = |config: &Path| {
+        spawn(
+            &pebble_bin,
+            &["-config", config.to_str().unwrap(), "-dnsserver", "127.0.0.1:8053"],
+            // No sleeps before validation; no artificially rejected nonces.
+            &[("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_WFE_NONCEREJECT", "0")],
+            &dir.0.join("pebble.log"),
+        )
+    };
 
     let _challtestsrv = spawn(
         &challtestsrv_bin,
@@ -186,13 +199,7 @@ async fn pebble_issues_with_http01_and_tls_alpn01() {
         &[],
         &dir.0.join("challtestsrv.log"),
     );
-    let _pebble = spawn(
-        &pebble_bin,
-        &["-config", config_path.to_str().unwrap(), "-dnsserver", "127.0.0.1:8053"],
-        // No sleeps before validation; no artificially rejected nonces.
-        &[("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_WFE_NONCEREJECT", "0")],
-        &dir.0.join("pebble.log"),
-    );
+    let pebble = start_pebble(&pebble_config(serde_json::Value::Null));
     wait_for_port(8055, "pebble-challtestsrv").await;
     wait_for_port(14000, "pebble").await;
 
@@ -283,4 +290,30 @@ async fn pebble_issues_with_http01_and_tls_alpn01() {
     assert!(store.load_cert("mgr.test.gatehouse").await.unwrap().is_some());
     let expiry = manager.expiries();
     assert!(expiry.iter().all(|e| e.days_left > 0), "{expiry:?}");
+    drop(manager);
+
+    // External Account Binding: a CA that requires it refuses a plain registration and
+    // accepts one bound with the key it handed out.
+    drop(pebble);
+    let hmac: Vec<u8> = (0..48).map(|_| fastrand::u8(..)).collect();
+    let hmac = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, hmac);
+    let _pebble = start_pebble(&pebble_config(serde_json::json!({ "kid-gatehouse": hmac })));
+    wait_for_port(14000, "pebble (EAB)").await;
+    let eab_store = FileStore::new(dir.0.join("certs-eab"));
+    acme_config.challenge = ChallengeKind::Http01;
+    let refused = AcmeClient::connect(&acme_config, &eab_store, challenges.clone()).await;
+    let err = refused.expect_err("registration without EAB must fail").to_string();
+    assert!(
+        err.contains("externalAccountRequired") || err.contains("external"),
+        "{err}"
+    );
+    acme_config.eab = Some(gatehouse_tls::ExternalAccount {
+        kid: "kid-gatehouse".into(),
+        hmac_key: hmac,
+    });
+    let bound = AcmeClient::connect(&acme_config, &eab_store, challenges.clone())
+        .await
+        .unwrap();
+    let eab_name = "eab.test.gatehouse".to_owned();
+    bound.order(std::slice::from_ref(&eab_name), None).await.unwrap();
 }
