@@ -175,6 +175,11 @@ impl AcmeClient {
         let Some(primary) = names.first() else {
             return Err(TlsError::Config("an ACME order needs at least one name".into()));
         };
+        if let Some(wildcard) = names.iter().find(|n| n.starts_with("*.")) {
+            return Err(TlsError::Config(format!(
+                "{wildcard}: wildcard certificates need the DNS-01 challenge, which gatehouse does not answer"
+            )));
+        }
         let identifiers: Vec<Identifier> = names
             .iter()
             .map(|n| match n.parse::<IpAddr>() {

@@ -21,6 +21,9 @@ pub const INTERNAL_ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 *
 /// Leaves start an hour in the past so clients with a slightly slow clock accept them.
 const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(3600);
 
+/// The root's common name; also how other issuers recognise its certificates.
+pub(crate) const INTERNAL_CA_NAME: &str = "gatehouse internal CA";
+
 const ROOT_CERT_FILE: &str = "root.pem";
 const ROOT_KEY_FILE: &str = "root.key";
 
@@ -89,6 +92,15 @@ impl InternalCa {
         })
     }
 
+    /// Whether `cert` was issued by this CA (its chain ends in this root).
+    pub fn issued(&self, cert: &crate::LoadedCert) -> bool {
+        let root = crate::parse_chain("internal CA", &self.root_pem).ok();
+        match (root.as_ref().and_then(|r| r.first()), cert.key.cert.last()) {
+            (Some(root), Some(last)) => root == last,
+            _ => false,
+        }
+    }
+
     /// The root certificate, PEM.
     pub fn root_pem(&self) -> &str {
         &self.root_pem
@@ -133,11 +145,27 @@ impl InternalCa {
     }
 }
 
+/// Whether `cert`'s chain ends in a gatehouse internal CA root (this one or another
+/// data directory's): such a certificate is never a publicly trusted one.
+pub(crate) fn from_some_internal_ca(cert: &crate::LoadedCert) -> bool {
+    let Some(last) = cert.key.cert.last() else {
+        return false;
+    };
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(last.as_ref()) else {
+        return false;
+    };
+    parsed.subject() == parsed.issuer()
+        && parsed
+            .subject()
+            .iter_common_name()
+            .any(|cn| cn.as_str() == Ok(INTERNAL_CA_NAME))
+}
+
 fn root_params(now: SystemTime) -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "gatehouse");
-    dn.push(DnType::CommonName, "gatehouse internal CA");
+    dn.push(DnType::CommonName, INTERNAL_CA_NAME);
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -215,6 +243,17 @@ mod tests {
                 && life <= INTERNAL_LEAF_LIFETIME + CLOCK_SKEW_ALLOWANCE + Duration::from_secs(2)
         );
         assert_eq!(loaded.key.cert.len(), 2);
+        assert!(loaded.covers("localhost") && loaded.covers("LOCALHOST.") && loaded.covers("127.0.0.1"));
+        assert!(!loaded.covers("other.test"));
+        assert!(ca.issued(&loaded) && from_some_internal_ca(&loaded));
+
+        let wild = LoadedCert::from_pem("w", &ca.issue(&["*.dev.test".into()], now).unwrap()).unwrap();
+        assert!(wild.covers("a.dev.test"));
+        assert!(!wild.covers("a.b.dev.test") && !wild.covers("dev.test"));
+
+        let other_dir = dir.join("other");
+        let other = InternalCa::load_or_create(&other_dir).unwrap();
+        assert!(!other.issued(&loaded), "another data directory's CA did not issue it");
         let info = trust_instructions(&dir);
         assert_eq!(info.root_path, ca.root_path());
         assert!(info.instructions.contains("update-ca-certificates"));

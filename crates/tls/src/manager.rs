@@ -71,6 +71,12 @@ pub trait Issuer: Send + Sync + 'static {
         now: SystemTime,
     ) -> StoreFuture<'a, CertPem>;
 
+    /// Whether a stored certificate came from this kind of issuer, so switching a site
+    /// between `internal` and `acme` orders anew instead of serving the old one.
+    fn accepts(&self, _cert: &LoadedCert) -> bool {
+        true
+    }
+
     /// The issuer's suggested renewal window for `cert`, if it has an opinion (ACME ARI).
     fn renewal_window<'a>(&'a self, _name: &'a str, _cert: &'a CertPem) -> StoreFuture<'a, Option<RenewalWindow>> {
         Box::pin(async { Ok(None) })
@@ -87,6 +93,10 @@ impl Issuer for AcmeClient {
         Box::pin(self.order(names, previous))
     }
 
+    fn accepts(&self, cert: &LoadedCert) -> bool {
+        !crate::internal_ca::from_some_internal_ca(cert)
+    }
+
     fn renewal_window<'a>(&'a self, name: &'a str, cert: &'a CertPem) -> StoreFuture<'a, Option<RenewalWindow>> {
         Box::pin(AcmeClient::renewal_window(self, name, &cert.chain_pem))
     }
@@ -100,6 +110,10 @@ impl Issuer for InternalCa {
         now: SystemTime,
     ) -> StoreFuture<'a, CertPem> {
         Box::pin(async move { InternalCa::issue(self, names, now) })
+    }
+
+    fn accepts(&self, cert: &LoadedCert) -> bool {
+        self.issued(cert)
     }
 }
 
@@ -367,6 +381,12 @@ impl<'a> Task<'a> {
         let name = self.name().to_owned();
         match self.inner.store.load_cert(&name).await {
             Ok(Some(pem)) => match LoadedCert::from_pem(&name, &pem) {
+                Ok(loaded) if !self.cert.names.iter().all(|n| loaded.covers(n)) => {
+                    tracing::info!(%name, "Stored certificate does not cover every host name; ordering a new one.");
+                }
+                Ok(loaded) if !self.cert.issuer.accepts(&loaded) => {
+                    tracing::info!(%name, "Stored certificate comes from another issuer; ordering a new one.");
+                }
                 Ok(loaded) => {
                     let newer = self
                         .state

@@ -53,13 +53,16 @@ impl Validity {
     }
 }
 
-/// A certificate ready to serve: the rustls key plus its validity.
+/// A certificate ready to serve: the rustls key plus its validity and names.
 #[derive(Debug, Clone)]
 pub struct LoadedCert {
     /// What rustls serves.
     pub key: Arc<CertifiedKey>,
     /// The leaf's validity.
     pub validity: Validity,
+    /// The leaf's subjectAltName entries: DNS names (lower-case, `*.` wildcards kept)
+    /// and IP addresses in their usual text form.
+    pub names: Vec<String>,
 }
 
 impl LoadedCert {
@@ -70,6 +73,7 @@ impl LoadedCert {
         let chain = parse_chain(name, &pem.chain_pem)?;
         let key = parse_key(name, &pem.key_pem)?;
         let validity = validity(name, &chain[0])?;
+        let names = san_names(name, &chain[0])?;
         let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|source| TlsError::Rustls {
             what: format!("private key for {name}"),
             source,
@@ -82,8 +86,46 @@ impl LoadedCert {
         Ok(Self {
             key: Arc::new(certified),
             validity,
+            names,
         })
     }
+
+    /// Whether the leaf is valid for `host` (exact, or a one-label wildcard SAN).
+    pub fn covers(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.names.iter().any(|san| {
+            san == &host
+                || san.strip_prefix("*.").is_some_and(|suffix| {
+                    host.split_once('.')
+                        .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix)
+                })
+        })
+    }
+}
+
+/// The DNS and IP subjectAltName entries of a DER certificate.
+fn san_names(name: &str, der: &CertificateDer<'_>) -> Result<Vec<String>, TlsError> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| TlsError::pem(format!("certificate for {name}"), e.to_string()))?;
+    let mut out = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for general in &san.value.general_names {
+            match general {
+                GeneralName::DNSName(dns) => out.push(dns.to_ascii_lowercase()),
+                GeneralName::IPAddress(bytes) => {
+                    let ip = match bytes.len() {
+                        4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    out.extend(ip.map(|ip| ip.to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Every `CERTIFICATE` block of `pem`, in order; an error if there is none.

@@ -185,6 +185,65 @@ async fn backoff_after_failures_then_renewal_at_two_thirds_keeping_the_old_cert(
     );
 }
 
+/// A stored certificate is reused only if it covers every host name and came from the
+/// site's issuer; otherwise a new one is ordered at startup.
+#[tokio::test]
+async fn stored_certificates_are_reused_only_when_they_fit() {
+    let dir = TempDir::new("tls-reuse");
+    let ca = Arc::new(InternalCa::load_or_create(&dir.0.join("ca")).unwrap());
+    let other_ca = InternalCa::load_or_create(&dir.0.join("other-ca")).unwrap();
+    let store = Arc::new(MemoryStore::default());
+    let now = SystemTime::now();
+    let fits = ca.issue(&["s.test".into(), "www.s.test".into()], now).unwrap();
+    store.save_cert("s.test", &fits).await.unwrap();
+    store
+        .save_cert("narrow.test", &ca.issue(&["narrow.test".into()], now).unwrap())
+        .await
+        .unwrap();
+    store
+        .save_cert("foreign.test", &other_ca.issue(&["foreign.test".into()], now).unwrap())
+        .await
+        .unwrap();
+
+    let resolver = Arc::new(CertResolver::new(Arc::new(Challenges::new())));
+    let managed = |names: &[&str]| ManagedCert {
+        names: names.iter().map(|n| n.to_string()).collect(),
+        issuer: ca.clone(),
+    };
+    let manager = CertManager::start(
+        vec![],
+        store.clone(),
+        resolver.clone(),
+        Arc::new(gatehouse_tls::SystemClock),
+        ManagerConfig::default(),
+    );
+    let mut events = manager.subscribe();
+    manager.add(managed(&["s.test", "www.s.test"]));
+    manager.add(managed(&["narrow.test", "www.narrow.test"]));
+    manager.add(managed(&["foreign.test"]));
+    let mut obtained = Vec::new();
+    for _ in 0..2 {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            CertEvent::Obtained { name } => obtained.push(name),
+            other => panic!("{other:?}"),
+        }
+    }
+    obtained.sort();
+    assert_eq!(obtained, vec!["foreign.test", "narrow.test"]);
+    let served = resolver.lookup("www.s.test").unwrap();
+    let stored = gatehouse_tls::LoadedCert::from_pem("s.test", &fits).unwrap();
+    assert_eq!(
+        served.cert[0], stored.key.cert[0],
+        "the fitting stored certificate is reused"
+    );
+    assert!(resolver.lookup("www.narrow.test").is_some());
+    assert_eq!(manager.managed(), vec!["foreign.test", "narrow.test", "s.test"]);
+}
+
 #[test]
 fn on_demand_needs_allow_or_ask() {
     let clock = Arc::new(ManualClock::new(SystemTime::now()));
