@@ -10,6 +10,8 @@
 # Usage: bench/proxy.sh [--rounds 3] [--duration 8] [--connections 50]
 #                       [--only nginx,haproxy,gatehouse] [--warmup 2]
 #                       [--perf] [--profile] [--keep] [--wait-quiet SECONDS]
+#        --only gatehouse,policies compares the plain route with the same route
+#        behind a rate limit and a CORS policy.
 # Env:   GATEHOUSE_BIN=path  use this binary instead of `cargo build --release`.
 set -euo pipefail
 # shellcheck source=bench/lib.sh
@@ -32,14 +34,15 @@ SERVER_CPU=0 # every proxy runs here, alone
 LOAD_CPU=1  # wrk and the upstream share this one
 
 UPSTREAM_PORT=18080
-declare -A PORT=([nginx]=18081 [haproxy]=18082 [gatehouse]=18083 [direct]=18080)
+declare -A PORT=([nginx]=18081 [haproxy]=18082 [gatehouse]=18083 [policies]=18084 [direct]=18080)
 declare -A LABEL=(
     [direct]="direct upstream (no proxy)"
     [nginx]="nginx (1 worker)"
     [haproxy]="HAProxy (1 thread)"
     [gatehouse]="gatehouse (1 worker)"
+    [policies]="gatehouse with rate limit + CORS (1 worker)"
 )
-ORDER=(nginx haproxy gatehouse) # the A B C of each round
+ORDER=(nginx haproxy gatehouse policies) # the A B C of each round
 
 
 
@@ -91,7 +94,7 @@ for s in "${ORDER[@]}"; do
     for w in "${wanted[@]}"; do [[ "$w" == "$s" ]] && SERVERS+=("$s") && break; done
 done
 for w in "${wanted[@]}"; do
-    [[ -n "${PORT[$w]:-}" && "$w" != direct ]] || die "--only: unknown server '$w' (nginx, haproxy, gatehouse)"
+    [[ -n "${PORT[$w]:-}" && "$w" != direct ]] || die "--only: unknown server '$w' (nginx, haproxy, gatehouse, policies)"
 done
 ((${#SERVERS[@]})) || die "--only selected no server"
 
@@ -119,7 +122,7 @@ FD_NEED=$((CONNECTIONS * 2 + 256))
 GIT_REV="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo 'no commit yet')"
 if [[ -n "$(git -C "$REPO" status --porcelain -- crates Cargo.toml Cargo.lock 2>/dev/null)" ]]; then GIT_REV+=" (+ uncommitted changes)"; fi
 GATEHOUSE=""
-if want gatehouse; then
+if want gatehouse || want policies; then
     if [[ -n "${GATEHOUSE_BIN:-}" ]]; then
         GATEHOUSE="$GATEHOUSE_BIN"
     else
@@ -269,7 +272,21 @@ default = true
 targets = ["127.0.0.1:$UPSTREAM_PORT"]
 EOF
 
-if want gatehouse; then
+# The same proxy with a rate limit (high enough never to refuse, so every
+# request pays for a decision) and a CORS policy matching wrk's Origin header.
+sed -e "s/127.0.0.1:${PORT[gatehouse]}/127.0.0.1:${PORT[policies]}/" \
+    -e "s|gatehouse-access.log|policies-access.log|" \
+    -e "s|^workers = 1|workers = 1\ndata_dir = \"$TMP/policies-data\"|" \
+    -e 's|  upstream = "backend"|  upstream = "backend"\n  rate_limit = "1000000/s per ip"\n  cors = "web"|' \
+    "$TMP/gatehouse.toml" >"$TMP/policies.toml"
+cat >>"$TMP/policies.toml" <<EOF
+
+[cors.web]
+origins = ["https://app.example.com"]
+credentials = true
+EOF
+
+if want gatehouse || want policies; then
     # Run a private copy: a rebuild during the run must not swap the binary under test
     # (and perf needs the file to resolve symbols).
     cp "$GATEHOUSE" "$TMP/gatehouse"
@@ -277,6 +294,10 @@ if want gatehouse; then
     "$GATEHOUSE" check -c "$TMP/gatehouse.toml" >"$TMP/gatehouse-check.out" 2>&1 || {
         cat "$TMP/gatehouse-check.out" >&2
         die "gatehouse check rejected the benchmark config (bench/proxy.sh writes it; adapt it to docs/config.md)"
+    }
+    "$GATEHOUSE" check -c "$TMP/policies.toml" >"$TMP/policies-check.out" 2>&1 || {
+        cat "$TMP/policies-check.out" >&2
+        die "gatehouse check rejected the policies config"
     }
 fi
 
@@ -294,6 +315,7 @@ for s in "${SERVERS[@]}"; do
         start haproxy "$SERVER_CPU" sh -c 'exec haproxy -db -f "$1" 2>"$2"' sh "$TMP/haproxy.cfg" "$TMP/haproxy.err"
         ;;
     gatehouse) start gatehouse "$SERVER_CPU" "$GATEHOUSE" serve -c "$TMP/gatehouse.toml" ;;
+    policies) start policies "$SERVER_CPU" "$GATEHOUSE" serve -c "$TMP/policies.toml" ;;
     esac
     wait_ready "$s" "${PORT[$s]}"
 done
@@ -310,7 +332,8 @@ HZ="$(getconf CLK_TCK)"
 # Runs in the background and is waited for, so a signal reaches the trap at once.
 run_wrk() {
     timeout -k 5 $(($3 + 30)) taskset -c "$LOAD_CPU" \
-        wrk -t1 -c"$CONNECTIONS" -d"$3"s --latency "http://127.0.0.1:${PORT[$1]}/" >"$2" 2>&1 </dev/null &
+        wrk -t1 -c"$CONNECTIONS" -d"$3"s --latency -H "Origin: https://app.example.com" \
+        "http://127.0.0.1:${PORT[$1]}/" >"$2" 2>&1 </dev/null &
     local job=$!
     RUNNING+=("$job")
     if ! wait "$job"; then
@@ -545,7 +568,7 @@ report() {
         read -r g_rps _ _ < <(stat_col gatehouse 3)
         read -r g_us _ _ < <(stat_col gatehouse 12)
         read -r g_p99 _ _ < <(stat_col gatehouse 5)
-        for peer in nginx haproxy; do
+        for peer in nginx haproxy policies; do
             want "$peer" || continue
             read -r p_rps _ _ < <(stat_col "$peer" 3)
             read -r p_p99 _ _ < <(stat_col "$peer" 5)
@@ -553,7 +576,7 @@ report() {
             local caveat=""
             [[ " $all_disturbed " != *" $peer "* && " $all_disturbed " != *" gatehouse "* ]] ||
                 caveat=" — not comparable: every run of one of them was disturbed"
-            awk -v c="$caveat" -v n="${LABEL[$peer]%% *}" -v gr="$g_rps" -v pr="$p_rps" -v gp="$g_p99" -v pp="$p_p99" \
+            awk -v c="$caveat" -v n="$( [[ $peer == policies ]] && echo "gatehouse with rate limit + CORS" || echo "${LABEL[$peer]%% *}")" -v gr="$g_rps" -v pr="$p_rps" -v gp="$g_p99" -v pp="$p_p99" \
                 -v gu="$g_us" -v pu="$p_us" -v gk="${PEAK_KB[gatehouse]}" -v pk="${PEAK_KB[$peer]}" 'BEGIN {
                 printf "- gatehouse / %s: **%.2f×** req/s; p99 %.2f×, CPU per request %.2f×, peak RSS %.2f× (these three: lower is better)%s\n",
                     n, gr / pr, gp / pp, gu / pu, gk / pk, c
