@@ -145,6 +145,10 @@ pub struct ServerFile {
     /// Bearer token the admin API requires, at least 32 characters; usually
     /// `${GATEHOUSE_ADMIN_TOKEN}`. Required when `admin` is not a loopback address.
     pub admin_token: Option<Spanned<Secret>>,
+    /// Reload the config when this file changes (its modification time is
+    /// checked every second). Default false: reload with SIGHUP or
+    /// `gatehouse reload`.
+    pub watch_config: Option<bool>,
 }
 
 /// A secret read from the file: the same string, but `Debug` never shows it.
