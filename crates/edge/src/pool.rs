@@ -94,7 +94,10 @@ impl TargetPool {
     /// Whether this pool was built for exactly this target and these pool
     /// settings, so a reload may keep it (and its idle connections).
     pub(crate) fn fits(&self, target: &Target, upstream: &Upstream) -> bool {
-        self.target == *target
+        // Weight is the balancer's business, not the pool's.
+        self.target.authority == target.authority
+            && self.target.host == target.host
+            && self.target.port == target.port
             && self.max_idle == upstream.keepalive
             && self.idle_timeout == upstream.idle_timeout
             && self.connect_timeout == upstream.connect_timeout
