@@ -109,6 +109,11 @@ async fn reloads_under_load_drop_no_request_and_no_websocket() {
         }));
     }
 
+    // One more keep-alive client, used only between reloads: its pooled
+    // connection outlives every reload and must follow each one.
+    let keepalive = client::http1();
+    let next = |path: &str| Request::get(format!("{base}{path}")).body(body(Bytes::new())).unwrap();
+    assert_eq!(client::send(&keepalive, next("/v")).await.text(), "v0");
     let mut generation = 1;
     let mut shown = 0;
     for round in 1..=20 {
@@ -129,10 +134,12 @@ async fn reloads_under_load_drop_no_request_and_no_websocket() {
             assert_eq!(reloaded.generation, generation);
             assert!(reloaded.added.is_empty() && reloaded.removed.is_empty());
         }
-        // The very next request uses the config now current.
+        // The very next request uses the config now current, on a new
+        // connection and on one kept alive across the reload.
         assert_eq!(get(&format!("{base}/v"), &[]).await.text(), format!("v{shown}"));
+        assert_eq!(client::send(&keepalive, next("/v")).await.text(), format!("v{shown}"));
         let want = if shown % 2 == 0 { "from a" } else { "from b" };
-        assert_eq!(get(&format!("{base}/api/x"), &[]).await.text(), want);
+        assert_eq!(client::send(&keepalive, next("/api/x")).await.text(), want);
     }
     // Enough traffic to mean something, even on a busy machine.
     let deadline = Instant::now() + Duration::from_secs(20);
