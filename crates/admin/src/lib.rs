@@ -25,6 +25,7 @@
 mod auth;
 mod error;
 mod releases;
+mod reload;
 mod state;
 mod upload;
 mod upstreams;
@@ -39,8 +40,9 @@ use axum::response::Response;
 use axum::routing::get;
 
 pub use error::ApiError;
+pub use reload::{ReloadError, ReloadReport, ReloadSource};
 pub use state::{AdminState, DEFAULT_UPLOAD_IDLE_TIMEOUT, DEFAULT_UPLOAD_TIMEOUT};
-pub use upstreams::{TargetView, UpstreamView, UpstreamsSource};
+pub use upstreams::{TargetView, UpstreamView, UpstreamsSnapshot, UpstreamsSource};
 
 /// Largest body of a request that is not an upload (a rollback's
 /// `{"id": "…"}`): anything bigger is not a well-meant request.
@@ -56,6 +58,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .merge(releases::routes())
         .merge(upstreams::routes())
+        .merge(reload::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // Buffered bodies (JSON) are small; uploads stream and are bounded per

@@ -28,6 +28,7 @@ pub struct AdminState {
     pub(crate) upload_idle_timeout: Duration,
     pub(crate) upload_timeout: Duration,
     pub(crate) upstreams: Option<crate::upstreams::UpstreamsSource>,
+    pub(crate) reload: Option<crate::reload::ReloadSource>,
 }
 
 /// A deployable slot.
@@ -62,6 +63,12 @@ impl AdminState {
         self
     }
 
+    /// Enables `POST /reload`, which runs `source`.
+    pub fn with_reload(mut self, source: crate::reload::ReloadSource) -> Self {
+        self.reload = Some(source);
+        self
+    }
+
     /// State for [`router`](crate::router).
     ///
     /// `deploy` names the slots that may be deployed to (those the config
@@ -87,6 +94,7 @@ impl AdminState {
             upload_idle_timeout: DEFAULT_UPLOAD_IDLE_TIMEOUT,
             upload_timeout: DEFAULT_UPLOAD_TIMEOUT,
             upstreams: None,
+            reload: None,
         }
     }
 

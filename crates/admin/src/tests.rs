@@ -537,3 +537,62 @@ fn test_archives_are_what_they_claim() {
     let root: &Path = &store.dir().join("s").join(&info.id);
     assert!(root.join("assets/app-BxK3f9aQ.js").is_file());
 }
+
+#[tokio::test]
+async fn reload_relays_the_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = ReleaseStore::open(dir.path()).unwrap();
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = calls.clone();
+    let source = ReloadSource::new(move || {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async move {
+            match n {
+                0 => Err(ReloadError::InvalidConfig("gh.toml:3:11: server.workers: bad".into())),
+                1 => Err(ReloadError::NotApplied("cannot listen on 127.0.0.1:80".into())),
+                _ => Ok(ReloadReport {
+                    generation: 2,
+                    added: vec!["127.0.0.1:8081".into()],
+                    removed: vec![],
+                    warnings: vec!["log changed; restart to apply it".into()],
+                }),
+            }
+        }
+    });
+    let state = AdminState::new(store.clone(), HashMap::new(), Some(TOKEN.to_owned())).with_reload(source);
+    let api = Api {
+        router: router(state),
+        store,
+        _dir: dir,
+    };
+    let r = api.call(Method::POST, "/reload", Body::empty()).await;
+    r.assert_error(422, "invalid_config");
+    let v: serde_json::Value = r.json();
+    assert!(
+        v["error"].as_str().unwrap().contains("gh.toml:3:11: server.workers"),
+        "{v}"
+    );
+    api.call(Method::POST, "/reload", Body::empty())
+        .await
+        .assert_error(409, "not_applied");
+    let r = api.call(Method::POST, "/reload", Body::empty()).await;
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = r.json();
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["generation"], 2);
+    assert_eq!(v["added"][0], "127.0.0.1:8081");
+    assert_eq!(v["warnings"][0], "log changed; restart to apply it");
+    api.call(Method::GET, "/reload", Body::empty())
+        .await
+        .assert_error(405, "method_not_allowed");
+    // Without the token nothing runs.
+    let req = Request::post("/reload").body(Body::empty()).unwrap();
+    assert_eq!(api.send(req).await.status, 401);
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+    // A server without a reload source has no such endpoint.
+    api_with(Some(TOKEN), Duration::from_secs(30))
+        .call(Method::POST, "/reload", Body::empty())
+        .await
+        .assert_error(404, "not_found");
+}

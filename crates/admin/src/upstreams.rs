@@ -33,13 +33,22 @@ pub struct TargetView {
     pub ejected_for_ms: u64,
 }
 
+/// The upstreams of the config generation being served.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct UpstreamsSnapshot {
+    /// The config generation (1 at startup, counted up by each reload).
+    pub generation: u64,
+    /// Its upstreams in config order.
+    pub upstreams: Vec<UpstreamView>,
+}
+
 /// Produces the current upstream states; the binary wires it to the edge.
 #[derive(Clone)]
-pub struct UpstreamsSource(Arc<dyn Fn() -> Vec<UpstreamView> + Send + Sync>);
+pub struct UpstreamsSource(Arc<dyn Fn() -> UpstreamsSnapshot + Send + Sync>);
 
 impl UpstreamsSource {
     /// Wraps a snapshot function.
-    pub fn new(f: impl Fn() -> Vec<UpstreamView> + Send + Sync + 'static) -> Self {
+    pub fn new(f: impl Fn() -> UpstreamsSnapshot + Send + Sync + 'static) -> Self {
         Self(Arc::new(f))
     }
 }
@@ -50,16 +59,10 @@ impl std::fmt::Debug for UpstreamsSource {
     }
 }
 
-#[derive(Serialize)]
-struct Body {
-    upstreams: Vec<UpstreamView>,
-}
-
 pub(crate) fn routes() -> Router<AdminState> {
     Router::new().route("/upstreams", get(list))
 }
 
-async fn list(State(state): State<AdminState>) -> Json<Body> {
-    let upstreams = state.upstreams.as_ref().map(|f| (f.0)()).unwrap_or_default();
-    Json(Body { upstreams })
+async fn list(State(state): State<AdminState>) -> Json<UpstreamsSnapshot> {
+    Json(state.upstreams.as_ref().map(|f| (f.0)()).unwrap_or_default())
 }

@@ -352,6 +352,7 @@ fn convert_server(s: file::ServerFile, base_dir: &Path) -> Result<Server, RawErr
         trusted_proxies,
         shutdown_timeout,
         admin,
+        watch_config: s.watch_config.unwrap_or(false),
     })
 }
 

@@ -284,6 +284,10 @@ pub struct ServerFile {
     pub admin_token: Option<Spanned<Secret>>,
     /// Security headers of every site (`true`, `false` or a table). Default true.
     pub security_headers: Option<Spanned<SecurityHeadersFile>>,
+    /// Reload the config when this file changes (its modification time is
+    /// checked every second). Default false: reload with SIGHUP or
+    /// `gatehouse reload`.
+    pub watch_config: Option<bool>,
 }
 
 /// A secret read from the file: the same string, but `Debug` never shows it.

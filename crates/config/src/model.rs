@@ -242,6 +242,8 @@ pub struct Server {
     pub shutdown_timeout: Duration,
     /// The admin API listener; `None` when `server.admin` is not set.
     pub admin: Option<Admin>,
+    /// Reload when the config file's modification time changes.
+    pub watch_config: bool,
 }
 
 /// The admin API listener, validated: a non-loopback address always has a token.

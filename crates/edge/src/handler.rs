@@ -50,13 +50,22 @@ pub(crate) struct Shared {
     pub(crate) health: Vec<Vec<Arc<Health>>>,
     /// Sticky-cookie signing keys by upstream name (configured, or random per
     /// process).
-    cookie_keys: std::collections::HashMap<String, Vec<u8>>,
+    pub(crate) cookie_keys: std::collections::HashMap<String, Vec<u8>>,
     /// Rate limiters, upstream concurrency limits, connection counts.
     pub(crate) policies: PolicySet,
+    /// HTTP/1 and HTTP/2 settings of client connections (from `[limits]`).
+    pub(crate) http: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
 }
 
 impl Shared {
-    pub(crate) fn new(config: Arc<Config>, access_log: Option<AccessLogSender>) -> Result<Self, crate::EdgeError> {
+    /// Builds the state of one configuration. With `previous` (a reload), the
+    /// health records and cookie keys of unchanged upstreams carry over (see
+    /// `generation.rs`).
+    pub(crate) fn new(
+        config: Arc<Config>,
+        access_log: Option<AccessLogSender>,
+        previous: Option<&Shared>,
+    ) -> Result<Self, crate::EdgeError> {
         let health = config
             .upstreams
             .iter()
@@ -69,7 +78,11 @@ impl Shared {
                 let start_up = u.health.as_ref().is_none_or(|h| !h.wait_healthy);
                 u.targets
                     .iter()
-                    .map(|t| Arc::new(Health::new(format!("{}/{}", u.name, t.authority), start_up, passive)))
+                    .map(|t| {
+                        crate::generation::previous_health(previous, &u.name, t, passive).unwrap_or_else(|| {
+                            Arc::new(Health::new(format!("{}/{}", u.name, t.authority), start_up, passive))
+                        })
+                    })
                     .collect()
             })
             .collect();
@@ -81,7 +94,9 @@ impl Shared {
                     u.name.clone(),
                     match secret {
                         Some(s) => s.as_bytes().to_vec(),
-                        None => (0..32).map(|_| fastrand::u8(..)).collect(),
+                        // A random key survives reloads, so issued cookies stay valid.
+                        None => crate::generation::previous_cookie_key(previous, &u.name)
+                            .unwrap_or_else(|| (0..32).map(|_| fastrand::u8(..)).collect()),
                     },
                 )),
                 _ => None,
@@ -89,7 +104,8 @@ impl Shared {
             .collect();
         Ok(Self {
             router: Router::new(&config)?,
-            policies: PolicySet::new(&config)?,
+            policies: PolicySet::new(&config, previous.map(|p| &p.policies))?,
+            http: Arc::new(crate::server::http_builder(&config.limits)),
             config,
             access_log,
             health,
@@ -183,7 +199,9 @@ struct Ctx<'a> {
 }
 
 impl Worker {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    /// Builds one worker's state for `shared`. With `previous` (a reload), the
+    /// connection pools of unchanged targets carry over (see `generation.rs`).
+    pub(crate) fn new(shared: Arc<Shared>, previous: Option<&Worker>) -> Self {
         let upstreams = shared
             .config
             .upstreams
@@ -214,7 +232,8 @@ impl Worker {
                         .map(|t| TargetInfo {
                             host_header: HeaderValue::from_str(t.authority.as_str())
                                 .unwrap_or(HeaderValue::from_static("localhost")),
-                            pool: TargetPool::new(t.clone(), u),
+                            pool: crate::generation::previous_pool(previous, u, t)
+                                .unwrap_or_else(|| TargetPool::new(t.clone(), u)),
                         })
                         .collect(),
                     balancer: Balancer::new(policy, specs),
@@ -229,6 +248,21 @@ impl Worker {
             })
             .collect();
         Self { shared, upstreams }
+    }
+
+    /// The configuration this worker state was built for.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The connection pool of `upstream`'s target `authority`, if it has one.
+    pub(crate) fn pool(&self, upstream: &str, authority: &http::uri::Authority) -> Option<&Arc<TargetPool>> {
+        let index = self.shared.config.upstreams.iter().position(|u| u.name == upstream)?;
+        self.upstreams[index]
+            .targets
+            .iter()
+            .map(|t| &t.pool)
+            .find(|p| p.target.authority == *authority)
     }
 
     /// Handles one request from a client connection. Never fails: every problem

@@ -65,7 +65,12 @@ async fn run(job: Job, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.wait_for(|stop| *stop) => return,
             _ = ticker.tick() => {}
         }
-        let result = tokio::time::timeout(job.check.timeout, probe(&job)).await;
+        // A checker being replaced by a reload must not record a late result
+        // into a health record the new checker already owns.
+        let result = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            result = tokio::time::timeout(job.check.timeout, probe(&job)) => result,
+        };
         let ok = match result {
             Ok(Ok(status)) => {
                 let ok = (job.check.status.0..=job.check.status.1).contains(&status);

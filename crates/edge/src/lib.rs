@@ -4,6 +4,8 @@
 //! ```text
 //! bind(config) ─▶ BoundServer ─start()─▶ RunningServer ─shutdown()/join()
 //!                   (sockets)              (worker threads)
+//!                                              ▲
+//!                                   reload(config): a new generation
 //! ```
 //!
 //! Architecture invariant: nothing on the request path blocks a worker thread or
@@ -11,6 +13,7 @@
 
 mod body;
 mod forwarding;
+mod generation;
 mod handler;
 mod healthcheck;
 mod path;
@@ -22,7 +25,7 @@ mod server;
 mod statics;
 
 pub use body::{RequestBody, RequestBodyError, ResponseBody};
-pub use server::{BoundServer, RunningServer, TargetStatus, UpstreamStatus, UpstreamsView, bind};
+pub use server::{BoundServer, Reloaded, Reloader, RunningServer, TargetStatus, UpstreamStatus, UpstreamsView, bind};
 
 use std::net::SocketAddr;
 
@@ -60,6 +63,9 @@ pub enum EdgeError {
     /// A worker thread could not be started.
     #[error("cannot start worker thread: {0}")]
     Thread(#[source] std::io::Error),
+    /// A reload was asked of a server that is shutting down.
+    #[error("the server is shutting down")]
+    Stopped,
 }
 
 /// Entry points for the fuzz targets in `fuzz/` and the property tests in

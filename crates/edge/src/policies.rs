@@ -25,38 +25,65 @@ pub(crate) struct PolicySet {
     pub(crate) upstream_limits: Vec<Option<Arc<ConcurrencyLimit>>>,
     /// Connection counts per client address, when limited.
     pub(crate) connections: Option<Arc<ConnLimits>>,
-    /// Kept so the connection thread lives as long as the limiters using it.
-    _redis: Option<Arc<RedisBackend>>,
+    /// The Redis connection of shared limiters, with the settings it was made
+    /// from (a reload keeps it while they are unchanged).
+    redis: Option<(gatehouse_config::Redis, Arc<RedisBackend>)>,
+    /// What each limiter was built from, so a reload can keep an unchanged one
+    /// (and its buckets: clients do not get a fresh burst on every reload).
+    limits: Vec<gatehouse_config::RateLimit>,
 }
 
 impl PolicySet {
-    pub(crate) fn new(config: &Config) -> Result<Self, EdgeError> {
+    /// Builds the policies of `config`. With `previous` (a reload), the Redis
+    /// connection, unchanged rate limiters and the per-IP connection counts
+    /// carry over.
+    pub(crate) fn new(config: &Config, previous: Option<&PolicySet>) -> Result<Self, EdgeError> {
         let policy_err = |what: String| move |source| EdgeError::Policy { what, source };
         let redis = match &config.redis {
-            Some(r) => {
-                let mut options = RedisOptions::new(r.url.expose());
-                options.timeout = r.timeout;
-                options.connect_timeout = r.connect_timeout;
-                options.reconnect_max = r.reconnect_max.max(options.reconnect_min);
-                options.key_prefix.clone_from(&r.key_prefix);
-                Some(RedisBackend::start(options).map_err(policy_err("redis".into()))?)
-            }
+            Some(r) => match previous.and_then(|p| p.redis.as_ref()).filter(|(old, _)| old == r) {
+                Some((_, backend)) => Some((r.clone(), backend.clone())),
+                None => {
+                    let mut options = RedisOptions::new(r.url.expose());
+                    options.timeout = r.timeout;
+                    options.connect_timeout = r.connect_timeout;
+                    options.reconnect_max = r.reconnect_max.max(options.reconnect_min);
+                    options.key_prefix.clone_from(&r.key_prefix);
+                    Some((
+                        r.clone(),
+                        RedisBackend::start(options).map_err(policy_err("redis".into()))?,
+                    ))
+                }
+            },
             None => None,
         };
         let mut limiters = Vec::with_capacity(config.rate_limits.len());
         for limit in &config.rate_limits {
-            let options = LimiterOptions {
-                max_keys: limit.max_keys,
-                ..LimiterOptions::default()
-            };
-            let mut limiter = RateLimiter::new(&limit.name, limit.spec.rate, &options)
-                .map_err(policy_err(format!("rate limit {}", limit.name)))?;
-            if limit.shared {
-                if let Some(backend) = &redis {
-                    limiter = limiter.shared(backend.clone());
+            let reused = previous.and_then(|p| {
+                let i = p.limits.iter().position(|old| old == limit)?;
+                let (limiter, _) = &p.limiters[i];
+                // A shared limiter must use the Redis connection kept above.
+                let same_backend =
+                    !limit.shared || matches!((&p.redis, &redis), (Some((a, _)), Some((b, _))) if a == b);
+                same_backend.then(|| limiter.clone())
+            });
+            let limiter = match reused {
+                Some(l) => l,
+                None => {
+                    let options = LimiterOptions {
+                        max_keys: limit.max_keys,
+                        ..LimiterOptions::default()
+                    };
+                    let mut limiter = RateLimiter::new(&limit.name, limit.spec.rate, &options)
+                        .map_err(policy_err(format!("rate limit {}", limit.name)))?;
+                    if limit.shared {
+                        if let Some((_, backend)) = &redis {
+                            limiter = limiter.shared(backend.clone());
+                        }
+                    }
+                    Arc::new(limiter)
                 }
-            }
-            limiters.push((Arc::new(limiter), limit.spec.key.clone()));
+            };
+            limiters.push((limiter, limit.spec.key.clone()));
         }
         let upstream_limits = config
             .upstreams
@@ -68,14 +95,18 @@ impl PolicySet {
                     .map_err(policy_err(format!("upstream {}", u.name)))
             })
             .collect::<Result<_, _>>()?;
+        let connections = config.limits.max_connections_per_ip.map(|max| {
+            match previous.and_then(|p| p.connections.as_ref()).filter(|c| c.max == max) {
+                Some(c) => c.clone(),
+                None => Arc::new(ConnLimits::new(max)),
+            }
+        });
         Ok(Self {
             limiters,
             upstream_limits,
-            connections: config
-                .limits
-                .max_connections_per_ip
-                .map(|max| Arc::new(ConnLimits::new(max))),
-            _redis: redis,
+            connections,
+            redis,
+            limits: config.rate_limits.clone(),
         })
     }
 }

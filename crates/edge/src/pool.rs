@@ -91,6 +91,18 @@ impl TargetPool {
         })
     }
 
+    /// Whether this pool was built for exactly this target and these pool
+    /// settings, so a reload may keep it (and its idle connections).
+    pub(crate) fn fits(&self, target: &Target, upstream: &Upstream) -> bool {
+        // Weight is the balancer's business, not the pool's.
+        self.target.authority == target.authority
+            && self.target.host == target.host
+            && self.target.port == target.port
+            && self.max_idle == upstream.keepalive
+            && self.idle_timeout == upstream.idle_timeout
+            && self.connect_timeout == upstream.connect_timeout
+    }
+
     fn put(&self, sender: http1::SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;

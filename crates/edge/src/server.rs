@@ -8,11 +8,12 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use gatehouse_config::Config;
 use gatehouse_observe::AccessLogSender;
 use hyper::service::service_fn;
@@ -21,12 +22,12 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::EdgeError;
 use crate::forwarding::PeerInfo;
+use crate::generation::{Checker, Generation};
 use crate::handler::{ConnCtx, Shared, Worker};
-use crate::healthcheck;
 use crate::policies::ConnSlot;
 
 /// Pending connections the kernel queues per socket; matches common
@@ -61,10 +62,63 @@ pub struct BoundServer {
 
 /// A running server; dropping it does not stop it — call [`RunningServer::shutdown`].
 pub struct RunningServer {
-    shared: Arc<Shared>,
-    shutdown: watch::Sender<bool>,
+    control: Arc<Control>,
     threads: Vec<JoinHandle<()>>,
-    local_addrs: Vec<SocketAddr>,
+}
+
+/// A cheap, cloneable handle that swaps a new configuration into a running
+/// server (see [`Reloader::reload`]).
+#[derive(Clone)]
+pub struct Reloader(Arc<Control>);
+
+/// What a successful reload changed.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    /// The new generation number (the startup config is generation 1).
+    pub generation: u64,
+    /// Listen addresses bound and served by this reload.
+    pub added: Vec<SocketAddr>,
+    /// Listen addresses that stopped accepting; their open connections drain.
+    pub removed: Vec<SocketAddr>,
+}
+
+/// Shared by the running server, its reloaders and its upstream views.
+struct Control {
+    /// The generation new requests use.
+    current: ArcSwap<Generation>,
+    workers: Vec<WorkerSlot>,
+    shutdown: watch::Sender<bool>,
+    /// Reloads and shutdown take this lock, so they never interleave.
+    state: Mutex<ControlState>,
+}
+
+/// How the control side reaches one worker thread.
+struct WorkerSlot {
+    /// The worker's runtime: accept loops of added listeners are spawned on it.
+    runtime: tokio::runtime::Handle,
+    /// The worker's state for the current generation; each request loads it.
+    current: Arc<ArcSwap<Worker>>,
+}
+
+struct ControlState {
+    listeners: Vec<Listener>,
+    checker: Option<Checker>,
+    /// Threads of health checkers replaced by reloads, joined at the end.
+    old_checkers: Vec<JoinHandle<()>>,
+    /// One per worker, cloned into each of its accept loops: the worker
+    /// thread exits once every clone is gone. Emptied by shutdown.
+    alive: Vec<mpsc::Sender<()>>,
+    stopped: bool,
+}
+
+/// One listen address, served by an accept loop on every worker.
+struct Listener {
+    /// The address as configured (`127.0.0.1:0` stays `:0`): reloads compare this.
+    configured: SocketAddr,
+    /// The bound address.
+    actual: SocketAddr,
+    /// Stops this address's accept loops, which then drain their connections.
+    stop: watch::Sender<bool>,
 }
 
 /// Binds every listener of `config`, so that errors such as "address in use"
@@ -74,16 +128,9 @@ pub fn bind(config: Arc<Config>, access_log: Option<AccessLogSender>) -> Result<
     let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut local_addrs = Vec::with_capacity(config.server.http.len());
     for &addr in &config.server.http {
-        let bind_err = |source| EdgeError::Bind { addr, source };
-        // Probe without SO_REUSEPORT first: it fails if anything else holds the
-        // port, even another process that set SO_REUSEPORT itself, so two servers
-        // never silently share a port. It also resolves port 0.
-        let actual = {
-            let probe = std::net::TcpListener::bind(addr).map_err(bind_err)?;
-            probe.local_addr().map_err(bind_err)?
-        };
-        for worker in &mut sockets {
-            worker.push(reuseport_listener(actual).map_err(|source| EdgeError::Bind { addr: actual, source })?);
+        let (actual, per_worker) = bind_address(addr, workers)?;
+        for (worker, socket) in sockets.iter_mut().zip(per_worker) {
+            worker.push(socket);
         }
         local_addrs.push(actual);
     }
@@ -93,6 +140,22 @@ pub fn bind(config: Arc<Config>, access_log: Option<AccessLogSender>) -> Result<
         sockets,
         local_addrs,
     })
+}
+
+/// Binds one address: one `SO_REUSEPORT` socket per worker.
+fn bind_address(addr: SocketAddr, workers: usize) -> Result<(SocketAddr, Vec<std::net::TcpListener>), EdgeError> {
+    let bind_err = |source| EdgeError::Bind { addr, source };
+    // Probe without SO_REUSEPORT first: it fails if anything else holds the
+    // port, even another process that set SO_REUSEPORT itself, so two servers
+    // never silently share a port. It also resolves port 0.
+    let actual = {
+        let probe = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+        probe.local_addr().map_err(bind_err)?
+    };
+    let sockets = (0..workers)
+        .map(|_| reuseport_listener(actual).map_err(|source| EdgeError::Bind { addr: actual, source }))
+        .collect::<Result<_, _>>()?;
+    Ok((actual, sockets))
 }
 
 fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -108,6 +171,25 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     Ok(socket.into())
 }
 
+/// The HTTP/1 and HTTP/2 settings of client connections, from `[limits]`.
+pub(crate) fn http_builder(limits: &gatehouse_config::Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_headers(limits.max_headers)
+        // The head must fit the read buffer: a larger one gets 431.
+        .max_buf_size(limits.max_header_size.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
+    builder
+}
+
 impl BoundServer {
     /// The bound addresses (with real ports when the config said port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
@@ -116,59 +198,105 @@ impl BoundServer {
 
     /// Starts the worker threads.
     pub fn start(self) -> Result<RunningServer, EdgeError> {
-        let shared = Arc::new(Shared::new(self.config.clone(), self.access_log)?);
-        let (tx, rx) = watch::channel(false);
-        let deadline = self.config.server.shutdown_timeout;
-        let mut threads = Vec::with_capacity(self.sockets.len() + 1);
-        let jobs = self
+        let shared = Arc::new(Shared::new(self.config.clone(), self.access_log, None)?);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let listeners: Vec<Listener> = self
             .config
-            .upstreams
+            .server
+            .http
             .iter()
-            .zip(&shared.health)
-            .filter_map(|(u, health)| u.health.as_ref().map(|check| (u, health, check)))
-            .flat_map(|(u, health, check)| {
-                u.targets.iter().zip(health).map(|(t, h)| healthcheck::Job {
-                    target: t.clone(),
-                    check: check.clone(),
-                    health: h.clone(),
-                })
+            .zip(&self.local_addrs)
+            .map(|(&configured, &actual)| Listener {
+                configured,
+                actual,
+                stop: watch::channel(false).0,
             })
             .collect();
-        threads.extend(healthcheck::start(jobs, rx.clone()));
+        let mut threads = Vec::with_capacity(self.sockets.len());
+        let mut workers = Vec::with_capacity(self.sockets.len());
+        let mut alive = Vec::with_capacity(self.sockets.len());
         for (i, sockets) in self.sockets.into_iter().enumerate() {
-            let shared = shared.clone();
-            let rx = rx.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .max_blocking_threads(WORKER_BLOCKING_THREADS)
+                .build()
+                .map_err(EdgeError::Thread)?;
+            let current = Arc::new(ArcSwap::from_pointee(Worker::new(shared.clone(), None)));
+            let (alive_tx, alive_rx) = mpsc::channel(1);
+            for (socket, listener) in sockets.into_iter().zip(&listeners) {
+                runtime.spawn(accept_loop(
+                    socket,
+                    current.clone(),
+                    listener.stop.subscribe(),
+                    shutdown_rx.clone(),
+                    alive_tx.clone(),
+                ));
+            }
+            workers.push(WorkerSlot {
+                runtime: runtime.handle().clone(),
+                current,
+            });
+            alive.push(alive_tx);
+            let rx = shutdown_rx.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("gatehouse-worker-{i}"))
-                .spawn(move || run_worker(i, shared, sockets, rx, deadline))
+                .spawn(move || run_worker(runtime, rx, alive_rx))
                 .map_err(EdgeError::Thread)?;
             threads.push(thread);
         }
+        let checker = Checker::start(&shared);
         tracing::info!(addrs = ?self.local_addrs, workers = self.config.server.workers.get(), "Listening.");
+        let control = Control {
+            current: ArcSwap::from_pointee(Generation { number: 1, shared }),
+            workers,
+            shutdown,
+            state: Mutex::new(ControlState {
+                listeners,
+                checker: Some(checker),
+                old_checkers: Vec::new(),
+                alive,
+                stopped: false,
+            }),
+        };
         Ok(RunningServer {
-            shared,
-            shutdown: tx,
+            control: Arc::new(control),
             threads,
-            local_addrs: self.local_addrs,
         })
     }
 }
 
 impl RunningServer {
-    /// The bound addresses.
-    pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.local_addrs
+    /// The addresses being served now (they change with reloads).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.control.state().listeners.iter().map(|l| l.actual).collect()
     }
 
     /// A live view of every upstream target's health, for the admin API.
     pub fn upstreams(&self) -> UpstreamsView {
-        UpstreamsView(self.shared.clone())
+        UpstreamsView(self.control.clone())
+    }
+
+    /// A handle for reloading the configuration.
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.control.clone())
+    }
+
+    /// Swaps in a new configuration; see [`Reloader::reload`].
+    pub fn reload(&self, config: Arc<Config>) -> Result<Reloaded, EdgeError> {
+        self.control.reload(config)
     }
 
     /// Starts a graceful shutdown: listeners close at once, idle connections are
     /// closed, in-flight requests get up to `shutdown_timeout` to finish.
     pub fn shutdown(&self) {
-        let _ = self.shutdown.send(true);
+        let mut state = self.control.state();
+        state.stopped = true;
+        let _ = self.control.shutdown.send(true);
+        // Without these the worker threads would wait for further accept loops.
+        state.alive.clear();
+        if let Some(thread) = state.checker.take().and_then(Checker::stop) {
+            state.old_checkers.push(thread);
+        }
     }
 
     /// Waits until every worker has stopped. Blocks the calling thread.
@@ -176,6 +304,12 @@ impl RunningServer {
         for t in self.threads {
             if t.join().is_err() {
                 tracing::error!("A worker thread panicked.");
+            }
+        }
+        let checkers = std::mem::take(&mut self.control.state().old_checkers);
+        for t in checkers {
+            if t.join().is_err() {
+                tracing::error!("The health-check thread panicked.");
             }
         }
     }
@@ -186,99 +320,165 @@ impl RunningServer {
     }
 }
 
-fn run_worker(
-    id: usize,
-    shared: Arc<Shared>,
-    sockets: Vec<std::net::TcpListener>,
-    shutdown: watch::Receiver<bool>,
-    deadline: Duration,
+impl Reloader {
+    /// Swaps `config` in as the new generation, all or nothing.
+    ///
+    /// Everything that can fail — building routes and static services,
+    /// binding added listen addresses — happens first; on error the running
+    /// generation is untouched. Then every worker's state is swapped
+    /// atomically: the next request on any connection, keep-alive ones
+    /// included, uses the new config, while requests in flight and upgraded
+    /// connections (WebSockets) keep the generation they started with. Added
+    /// addresses start accepting; removed ones stop accepting and drain their
+    /// connections within `shutdown_timeout`. Health records, cookie keys and
+    /// pools of unchanged targets carry over; health checks restart for the
+    /// new target set.
+    ///
+    /// `server.workers` cannot change at runtime: the running number is kept.
+    pub fn reload(&self, config: Arc<Config>) -> Result<Reloaded, EdgeError> {
+        self.0.reload(config)
+    }
+
+    /// The generation being served.
+    pub fn generation(&self) -> u64 {
+        self.0.current.load().number
+    }
+}
+
+impl Control {
+    /// The lock-protected state; a panic while it was held leaves nothing
+    /// half-changed that matters here, so a poisoned lock is used as is.
+    fn state(&self) -> std::sync::MutexGuard<'_, ControlState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn reload(&self, config: Arc<Config>) -> Result<Reloaded, EdgeError> {
+        let mut state = self.state();
+        if state.stopped {
+            return Err(EdgeError::Stopped);
+        }
+        let old = self.current.load_full();
+        let running = self.workers.len();
+        if config.server.workers.get() != running {
+            tracing::warn!(
+                configured = config.server.workers.get(),
+                running,
+                "server.workers changes need a restart; keeping the running workers."
+            );
+        }
+
+        // Build: nothing below may change the running generation until the
+        // commit, so every `?` leaves it untouched.
+        let shared = Arc::new(Shared::new(
+            config.clone(),
+            old.shared.access_log.clone(),
+            Some(&old.shared),
+        )?);
+        let mut added: Vec<(SocketAddr, SocketAddr, Vec<std::net::TcpListener>)> = Vec::new();
+        for &addr in &config.server.http {
+            let known = state.listeners.iter().any(|l| l.configured == addr) || added.iter().any(|a| a.0 == addr);
+            if !known {
+                let (actual, sockets) = bind_address(addr, running)?;
+                added.push((addr, actual, sockets));
+            }
+        }
+        let workers: Vec<Arc<Worker>> = self
+            .workers
+            .iter()
+            .map(|slot| Arc::new(Worker::new(shared.clone(), Some(&slot.current.load()))))
+            .collect();
+
+        // Commit.
+        let number = old.number + 1;
+        self.current.store(Arc::new(Generation {
+            number,
+            shared: shared.clone(),
+        }));
+        for (slot, worker) in self.workers.iter().zip(workers) {
+            slot.current.store(worker);
+        }
+        let shutdown_rx = self.shutdown.subscribe();
+        let mut added_addrs = Vec::with_capacity(added.len());
+        for (configured, actual, sockets) in added {
+            let listener = Listener {
+                configured,
+                actual,
+                stop: watch::channel(false).0,
+            };
+            for ((slot, socket), alive) in self.workers.iter().zip(sockets).zip(&state.alive) {
+                slot.runtime.spawn(accept_loop(
+                    socket,
+                    slot.current.clone(),
+                    listener.stop.subscribe(),
+                    shutdown_rx.clone(),
+                    alive.clone(),
+                ));
+            }
+            state.listeners.push(listener);
+            added_addrs.push(actual);
+        }
+        let mut removed = Vec::new();
+        state.listeners.retain(|l| {
+            let keep = config.server.http.contains(&l.configured);
+            if !keep {
+                let _ = l.stop.send(true);
+                removed.push(l.actual);
+            }
+            keep
+        });
+        if let Some(thread) = state.checker.take().and_then(Checker::stop) {
+            state.old_checkers.push(thread);
+        }
+        state.checker = Some(Checker::start(&shared));
+        // Joined at the end; finished ones need not be kept until then.
+        state.old_checkers.retain(|t| !t.is_finished());
+        tracing::info!(generation = number, added = ?added_addrs, ?removed, "Configuration reloaded.");
+        Ok(Reloaded {
+            generation: number,
+            added: added_addrs,
+            removed,
+        })
+    }
+}
+
+/// Drives one worker's runtime until shutdown, then until every accept loop
+/// has drained its connections.
+fn run_worker(runtime: tokio::runtime::Runtime, mut shutdown: watch::Receiver<bool>, mut alive: mpsc::Receiver<()>) {
+    runtime.block_on(async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        // `None` once the last accept loop (and the control side) let go.
+        let _ = alive.recv().await;
+    });
+    // Dropping the runtime ends what is left: upgraded connections (WebSockets).
+}
+
+/// Accepts connections on one worker's socket for one address until the
+/// address is removed by a reload or the server shuts down, then drains the
+/// connections it accepted: HTTP/1 connections close after their current
+/// response, HTTP/2 ones get GOAWAY, and whatever remains after
+/// `shutdown_timeout` is dropped. Upgraded connections are not drained: they
+/// live on until the worker stops.
+async fn accept_loop(
+    socket: std::net::TcpListener,
+    current: Arc<ArcSwap<Worker>>,
+    mut stop: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .max_blocking_threads(WORKER_BLOCKING_THREADS)
-        .build()
-    {
-        Ok(rt) => rt,
+    let listener = match TcpListener::from_std(socket) {
+        Ok(l) => l,
         Err(e) => {
-            tracing::error!(worker = id, error = %e, "Cannot start worker runtime.");
+            tracing::error!(error = %e, "Cannot register listener.");
             return;
         }
     };
-    runtime.block_on(async move {
-        let worker = Arc::new(Worker::new(shared.clone()));
-        let graceful = Arc::new(GracefulShutdown::new());
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        let limits = &shared.config.limits;
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .max_headers(limits.max_headers)
-            // The head must fit the read buffer: a larger one gets 431.
-            .max_buf_size(limits.max_header_size.max(8192))
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
-            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
-        let builder = Arc::new(builder);
-
-        let mut accept_tasks = Vec::with_capacity(sockets.len());
-        for socket in sockets {
-            let listener = match TcpListener::from_std(socket) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(worker = id, error = %e, "Cannot register listener.");
-                    continue;
-                }
-            };
-            accept_tasks.push(tokio::spawn(accept_loop(
-                listener,
-                worker.clone(),
-                builder.clone(),
-                graceful.clone(),
-                shared.clone(),
-                shutdown.clone(),
-            )));
-        }
-        for t in accept_tasks {
-            let _ = t.await;
-        }
-        // Listeners are closed now. Ask connections to finish and wait for them.
-        let Ok(graceful) = Arc::try_unwrap(graceful) else {
-            tracing::error!(
-                worker = id,
-                "Shutdown tracker still shared; not waiting for connections."
-            );
-            return;
-        };
-        let open = graceful.count();
-        if open > 0 {
-            tracing::info!(worker = id, connections = open, ?deadline, "Draining connections.");
-        }
-        if tokio::time::timeout(deadline, graceful.shutdown()).await.is_err() {
-            tracing::warn!(
-                worker = id,
-                ?deadline,
-                "Shutdown deadline passed; closing remaining connections."
-            );
-        }
-    });
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    worker: Arc<Worker>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: Arc<GracefulShutdown>,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+    let addr = listener.local_addr().ok();
+    let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = stop.wait_for(|stop| *stop) => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -289,25 +489,25 @@ async fn accept_loop(
                 continue;
             }
         };
+        let worker_now = current.load();
+        let shared = worker_now.shared();
         let Some(slot) = ConnSlot::acquire(shared.policies.connections.as_ref(), peer.ip()) else {
             tracing::debug!(%peer, "Connection refused: too many open connections from this address.");
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(ConnCtx::new(
-            PeerInfo::new(peer.ip(), &shared.config.server.trusted_proxies),
-            "http",
-        ));
+        let conn = ConnCache::new(peer.ip());
         let header_timeout = shared.config.limits.header_timeout;
-        let worker = worker.clone();
-        let builder = builder.clone();
+        let builder = shared.http.clone();
+        drop(worker_now);
+        let current = current.clone();
         let watcher = graceful.watcher();
-        let mut stop = shutdown.clone();
+        let mut stopping = shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let ready = tokio::select! {
                 ready = first_bytes(&stream, header_timeout) => ready,
-                _ = stop.wait_for(|stop| *stop) => false,
+                _ = stopping.wait_for(|stop| *stop) => false,
             };
             if !ready {
                 return;
@@ -317,8 +517,10 @@ async fn accept_loop(
             let alarm = socket2::SockRef::from(&stream).try_clone().ok();
             let service_conn = conn.clone();
             let service = service_fn(move |req| {
-                let worker = worker.clone();
-                let conn = service_conn.clone();
+                // Each request takes the generation current when it arrives and
+                // keeps it until its response body ends.
+                let worker = current.load_full();
+                let conn = service_conn.get(&worker);
                 async move { Ok::<_, Infallible>(worker.handle(&conn, req).await) }
             });
             let connection = builder
@@ -326,7 +528,7 @@ async fn accept_loop(
                 .into_owned();
             if let Err(e) = watcher.watch(connection).await {
                 let timed_out = e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
-                if timed_out && conn.requests.load(Ordering::Relaxed) == 0 {
+                if timed_out && conn.requests() == 0 {
                     if let Some(alarm) = alarm {
                         let _ = alarm.send(REQUEST_TIMEOUT_RESPONSE);
                     }
@@ -334,6 +536,19 @@ async fn accept_loop(
                 tracing::debug!(%peer, error = %e, "Client connection ended with an error.");
             }
         });
+    }
+    drop(listener);
+    let deadline = current.load().shared().config.server.shutdown_timeout;
+    let open = graceful.count();
+    if open > 0 {
+        tracing::info!(?addr, connections = open, ?deadline, "Draining connections.");
+    }
+    if tokio::time::timeout(deadline, graceful.shutdown()).await.is_err() {
+        tracing::warn!(
+            ?addr,
+            ?deadline,
+            "Drain deadline passed; closing remaining connections."
+        );
     }
 }
 
@@ -363,9 +578,57 @@ async fn first_bytes(stream: &tokio::net::TcpStream, timeout: Duration) -> bool 
     }
 }
 
-/// A cheap, cloneable handle to the live state of the upstream targets.
+/// A connection's [`ConnCtx`], rebuilt only when a request arrives under a
+/// different configuration (whose `trusted_proxies` may differ).
+struct ConnCache {
+    ip: std::net::IpAddr,
+    /// The config the context was built for (held, so the comparison by
+    /// address is sound), and the context.
+    ctx: Mutex<Option<(Arc<Config>, Arc<ConnCtx>)>>,
+}
+
+impl ConnCache {
+    fn new(ip: std::net::IpAddr) -> Arc<Self> {
+        Arc::new(Self {
+            ip,
+            ctx: Mutex::new(None),
+        })
+    }
+
+    /// Requests started on the connection so far.
+    fn requests(&self) -> u32 {
+        let cached = self.ctx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        cached
+            .as_ref()
+            .map_or(0, |(_, ctx)| ctx.requests.load(Ordering::Relaxed))
+    }
+
+    /// The context for a request served by `worker`. The lock is only ever
+    /// taken by the connection's own requests, on one thread.
+    fn get(&self, worker: &Worker) -> Arc<ConnCtx> {
+        let config = &worker.shared().config;
+        let mut cached = self.ctx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*cached {
+            Some((c, ctx)) if Arc::ptr_eq(c, config) => ctx.clone(),
+            _ => {
+                let ctx = ConnCtx::new(PeerInfo::new(self.ip, &config.server.trusted_proxies), "http");
+                // The count of requests belongs to the connection, not to a config.
+                if let Some((_, old)) = &*cached {
+                    ctx.requests
+                        .store(old.requests.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
+                let ctx = Arc::new(ctx);
+                *cached = Some((config.clone(), ctx.clone()));
+                ctx
+            }
+        }
+    }
+}
+
+/// A cheap, cloneable handle to the live state of the upstream targets, always
+/// of the generation being served.
 #[derive(Clone)]
-pub struct UpstreamsView(Arc<Shared>);
+pub struct UpstreamsView(Arc<Control>);
 
 /// One upstream in an [`UpstreamsView`] snapshot.
 #[derive(Debug, Clone)]
@@ -394,11 +657,19 @@ pub struct TargetStatus {
 impl UpstreamsView {
     /// The current state of every target.
     pub fn snapshot(&self) -> Vec<UpstreamStatus> {
-        self.0
+        self.snapshot_with_generation().1
+    }
+
+    /// The generation being served and the current state of its targets, read
+    /// together.
+    pub fn snapshot_with_generation(&self) -> (u64, Vec<UpstreamStatus>) {
+        let generation = self.0.current.load_full();
+        let shared = &generation.shared;
+        let upstreams = shared
             .config
             .upstreams
             .iter()
-            .zip(&self.0.health)
+            .zip(&shared.health)
             .map(|(u, health)| UpstreamStatus {
                 name: u.name.clone(),
                 policy: u.balance.as_str(),
@@ -414,6 +685,7 @@ impl UpstreamsView {
                     })
                     .collect(),
             })
-            .collect()
+            .collect();
+        (generation.number, upstreams)
     }
 }

@@ -18,6 +18,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run the server.
     Serve(ConfigArg),
+    /// Make the running server reload its config file (it keeps the old one if the new one is invalid).
+    Reload(ReloadArgs),
     /// Validate a config file and print a summary of its sites, routes and upstreams.
     Check(ConfigArg),
     /// Write a commented starter config.
@@ -34,6 +36,17 @@ pub(crate) enum Command {
     Backup(ConfigArg),
     /// Verify a backup and restore it into the data directory.
     Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReloadArgs {
+    /// Admin API URL (e.g. `http://127.0.0.1:2019`); the token is read from
+    /// `GATEHOUSE_ADMIN_TOKEN`. Default: `server.admin` of the config, or
+    /// SIGHUP to the server holding `data_dir` when there is no admin address.
+    #[arg(long)]
+    pub(crate) admin: Option<String>,
+    #[command(flatten)]
+    pub(crate) config: ConfigArg,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@ mod check;
 mod cli;
 mod init;
 mod releases;
+mod reload;
 mod serve;
 mod storage;
 
@@ -21,6 +22,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {
         cli::Command::Serve(args) => serve::run(&args.config),
+        cli::Command::Reload(args) => reload::run(&args.config.config, args.admin.as_deref()),
         cli::Command::Check(args) => check::run(&args.config),
         cli::Command::Init(args) => init::run(&args.path, args.force),
         cli::Command::Deploy(args) => releases::deploy(&args.config.config, &args.dir, &args.slot),

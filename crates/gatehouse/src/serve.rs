@@ -1,4 +1,4 @@
-//! `gatehouse serve`: run until SIGTERM or SIGINT.
+//! `gatehouse serve`: run until SIGTERM or SIGINT; reload on SIGHUP.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use gatehouse_admin::{AdminState, TargetView, UpstreamView, UpstreamsSource};
+use gatehouse_admin::{AdminState, ReloadSource, TargetView, UpstreamView, UpstreamsSnapshot, UpstreamsSource};
 use gatehouse_config::Config;
 use gatehouse_files::ReleaseStore;
 use gatehouse_observe::AccessLog;
@@ -14,6 +14,9 @@ use gatehouse_store::Store;
 use gatehouse_store::backup::{self, BackupStatus, DataDirLock};
 
 pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
+    // SIGHUP's default action ends the process; until the control runtime
+    // handles it, a reload sent too early is ignored instead.
+    ignore_sighup()?;
     let config = Arc::new(gatehouse_config::load(path)?);
     gatehouse_observe::init_tracing(&config.log.level, config.log.format)?;
     let data_dir = &config.server.data_dir;
@@ -43,6 +46,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
         println!("gatehouse admin API on http://{}/", listener.local_addr()?);
     }
     let server = bound.start()?;
+    let controller = crate::reload::Controller::new(path, server.reloader(), config.clone());
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -58,12 +62,35 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
         });
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin = match admin_listener {
-            Some(listener) => Some(start_admin(&config, server.upstreams(), listener, async move {
-                let _ = admin_stopped.await;
-            })?),
+            Some(listener) => Some(start_admin(
+                &config,
+                server.upstreams(),
+                controller.clone(),
+                listener,
+                async move {
+                    let _ = admin_stopped.await;
+                },
+            )?),
             None => None,
         };
-        let signal = wait_for_signal().await?;
+        let watcher = config
+            .server
+            .watch_config
+            .then(|| tokio::spawn(crate::reload::watch(controller.clone())));
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
+        let signal = loop {
+            tokio::select! {
+                signal = wait_for_signal() => break signal?,
+                _ = hup.recv() => {
+                    // The outcome is logged by the reload itself.
+                    let _ = controller.reload("SIGHUP").await;
+                }
+            }
+        };
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
         tracing::info!(%signal, deadline = ?config.server.shutdown_timeout, "Shutting down gracefully.");
         server.shutdown();
         let _ = admin_stop.send(());
@@ -86,6 +113,11 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })?;
+    // The edge's state holds the access log's sender, and the reload handles
+    // (the controller, the admin API's tasks) hold the edge's state: they go
+    // first, so the log thread sees the channel close and finishes.
+    drop(controller);
+    drop(runtime);
     if let Some(log) = access_log {
         log.finish();
     }
@@ -97,6 +129,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
 fn start_admin(
     config: &Config,
     upstreams: gatehouse_edge::UpstreamsView,
+    controller: crate::reload::Controller,
     listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -119,8 +152,8 @@ fn start_admin(
         tracing::info!("The admin API has no token: any local process may use it (loopback only).");
     }
     let upstreams = UpstreamsSource::new(move || {
-        upstreams
-            .snapshot()
+        let (generation, snapshot) = upstreams.snapshot_with_generation();
+        let upstreams = snapshot
             .into_iter()
             .map(|u| UpstreamView {
                 name: u.name,
@@ -136,9 +169,18 @@ fn start_admin(
                     })
                     .collect(),
             })
-            .collect()
+            .collect();
+        UpstreamsSnapshot { generation, upstreams }
     });
-    let router = gatehouse_admin::router(AdminState::new(releases, deploy, token).with_upstreams(upstreams));
+    let reload = ReloadSource::new(move || {
+        let controller = controller.clone();
+        async move { controller.reload("admin API").await }
+    });
+    let router = gatehouse_admin::router(
+        AdminState::new(releases, deploy, token)
+            .with_upstreams(upstreams)
+            .with_reload(reload),
+    );
     Ok(tokio::spawn(async move {
         if let Err(e) = gatehouse_admin::serve(listener, router, shutdown).await {
             tracing::error!(error = %e, "The admin API stopped.");
@@ -166,4 +208,16 @@ async fn wait_for_signal() -> anyhow::Result<&'static str> {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
     })
+}
+
+/// Installs tokio's SIGHUP handler at once: it stays installed for the
+/// process's life, so a SIGHUP arriving before the control loop listens is
+/// ignored instead of ending the process.
+fn ignore_sighup() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .context("cannot start the signal runtime")?;
+    rt.block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map(drop) })
+        .context("cannot listen for SIGHUP")
 }

@@ -59,15 +59,7 @@ impl Gatehouse {
     ///
     /// Panics with the config error if the text is invalid.
     pub fn start(toml: &str) -> Self {
-        let text = if toml.contains("http =") || toml.contains("http=") {
-            toml.to_owned()
-        } else if toml.contains("[server]") {
-            toml.replacen("[server]", "[server]\nhttp = [\"127.0.0.1:0\"]", 1)
-        } else {
-            format!("[server]\nhttp = [\"127.0.0.1:0\"]\nworkers = 2\n{toml}")
-        };
-        let config = gatehouse_config::parse_with_env(&text, Path::new("test.toml"), &|_| None)
-            .unwrap_or_else(|e| panic!("test config is invalid: {e}"));
+        let config = Self::config(toml).unwrap_or_else(|e| panic!("test config is invalid: {e}"));
         let log_buf = SharedBuf::default();
         let access_log = AccessLog::with_writer(Box::new(log_buf.clone()), LogFormat::Text).unwrap();
         let bound = gatehouse_edge::bind(Arc::new(config), access_log.sender()).unwrap();
@@ -79,6 +71,40 @@ impl Gatehouse {
             log_buf,
             addr,
         }
+    }
+
+    /// Validates config text as [`Gatehouse::start`] would (same defaults).
+    pub fn config(toml: &str) -> Result<gatehouse_config::Config, gatehouse_config::ConfigError> {
+        let text = if toml.contains("http =") || toml.contains("http=") {
+            toml.to_owned()
+        } else if toml.contains("[server]") {
+            toml.replacen("[server]", "[server]\nhttp = [\"127.0.0.1:0\"]", 1)
+        } else {
+            format!("[server]\nhttp = [\"127.0.0.1:0\"]\nworkers = 2\n{toml}")
+        };
+        gatehouse_config::parse_with_env(&text, Path::new("test.toml"), &|_| None)
+    }
+
+    /// Reloads the running server from config text (defaults as in
+    /// [`Gatehouse::start`]). An invalid config or one that cannot be applied
+    /// returns the error text and changes nothing.
+    pub fn reload(&self, toml: &str) -> Result<gatehouse_edge::Reloaded, String> {
+        let config = Self::config(toml).map_err(|e| e.to_string())?;
+        self.server
+            .as_ref()
+            .expect("server running")
+            .reload(Arc::new(config))
+            .map_err(|e| e.to_string())
+    }
+
+    /// The addresses being served now.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.server.as_ref().expect("server running").local_addrs()
+    }
+
+    /// A live view of the upstream targets.
+    pub fn upstreams(&self) -> gatehouse_edge::UpstreamsView {
+        self.server.as_ref().expect("server running").upstreams()
     }
 
     /// `http://127.0.0.1:PORT{path}`

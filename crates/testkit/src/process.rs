@@ -15,6 +15,8 @@ pub struct Process {
     pub addr: SocketAddr,
     /// Standard output lines after the "serving" line (access log).
     pub stdout: mpsc::Receiver<String>,
+    /// The config file it was started with (rewrite it to test reloads).
+    pub config: PathBuf,
     _dir: TempDir,
 }
 
@@ -84,6 +86,7 @@ impl Process {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             stdout: rx,
+            config: cfg,
             _dir: dir,
         }
     }
