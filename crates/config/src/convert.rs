@@ -65,6 +65,9 @@ pub(crate) mod defaults {
     pub(crate) const RETRY_ATTEMPTS: u32 = 2;
     /// At most 20% extra load from retries (the common service-mesh default).
     pub(crate) const RETRY_BUDGET: f64 = 0.2;
+    /// Form posts and JSON API calls fit; held in memory only for the time
+    /// of the exchange.
+    pub(crate) const RETRY_BUFFER: u64 = 64 * 1024;
     pub(crate) const STICKY_COOKIE: &str = "gatehouse_sticky";
     /// A week of daily backups.
     pub(crate) const BACKUP_KEEP: u32 = 7;
@@ -919,6 +922,7 @@ fn convert_upstream(name: String, up: Spanned<file::UpstreamFile>, key: &str) ->
             attempts: defaults::RETRY_ATTEMPTS,
             on_status: Vec::new(),
             budget: defaults::RETRY_BUDGET,
+            buffer: defaults::RETRY_BUFFER,
         },
         Some(r) => {
             let rv = r.get_ref();
@@ -954,10 +958,21 @@ fn convert_upstream(name: String, up: Spanned<file::UpstreamFile>, key: &str) ->
                 Some(b) if (0.0..=1.0).contains(b.get_ref()) => *b.get_ref(),
                 Some(b) => return err(at(b), format!("{rkey}.budget"), "expected a fraction from 0.0 to 1.0"),
             };
+            let buffer = match &rv.buffer {
+                None => defaults::RETRY_BUFFER,
+                Some(b) => {
+                    let n = units::size(b.get_ref()).or_else(|m| err(at(b), format!("{rkey}.buffer"), m))?;
+                    if n > 16 << 20 {
+                        return err(at(b), format!("{rkey}.buffer"), "expected at most 16MiB");
+                    }
+                    n
+                }
+            };
             Retries {
                 attempts,
                 on_status,
                 budget,
+                buffer,
             }
         }
     };

@@ -517,6 +517,9 @@ pub struct RetriesFile {
     pub on_status: Option<Vec<Spanned<i64>>>,
     /// Retries allowed as a fraction of requests. Default 0.2.
     pub budget: Option<Spanned<f64>>,
+    /// Bodies of idempotent requests (PUT, DELETE, …) up to this size are read
+    /// before sending so they can be retried. `"0"` turns it off. Default `64KiB`.
+    pub buffer: Option<Spanned<String>>,
 }
 
 impl FileConfig {

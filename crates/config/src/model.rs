@@ -505,6 +505,9 @@ pub struct Retries {
     pub on_status: Vec<u16>,
     /// Retries as a fraction of requests.
     pub budget: f64,
+    /// Largest request body (of an idempotent request) kept in memory so the
+    /// request can be sent again; 0 keeps none.
+    pub buffer: u64,
 }
 
 /// A backend address.

@@ -99,6 +99,8 @@ pin_project! {
         inner: Option<Incoming>,
         counter: Option<Arc<AtomicU64>>,
         watch: Option<Box<Watch>>,
+        // A body read ahead so the request can be sent again (no `inner`).
+        buffered: Option<Bytes>,
     }
 }
 
@@ -108,6 +110,17 @@ impl RequestBody {
             inner: Some(inner),
             counter,
             watch: None,
+            buffered: None,
+        }
+    }
+
+    /// A body already read into memory (for a request that may be retried).
+    pub(crate) fn buffered(data: Bytes) -> Self {
+        Self {
+            inner: None,
+            counter: None,
+            watch: None,
+            buffered: (!data.is_empty()).then_some(data),
         }
     }
 
@@ -131,6 +144,7 @@ impl RequestBody {
             inner: None,
             counter: None,
             watch: None,
+            buffered: None,
         }
     }
 }
@@ -142,7 +156,7 @@ impl Body for RequestBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(None);
+            return Poll::Ready(this.buffered.take().map(|d| Ok(Frame::data(d))));
         };
         let res = inner.poll_frame(cx);
         let len = match &res {
@@ -188,13 +202,17 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        match &self.inner {
+            Some(inner) => inner.is_end_stream(),
+            None => self.buffered.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        match &self.inner {
+            Some(inner) => inner.size_hint(),
+            None => SizeHint::with_exact(self.buffered.as_ref().map_or(0, |d| d.len() as u64)),
+        }
     }
 }
 

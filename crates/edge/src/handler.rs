@@ -27,12 +27,13 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use gatehouse_policy::{ConcurrencyGuard, Decision};
 
-use crate::body::{BodyFault, BodyRules, InFlight, PendingLog, RequestBody, ResponseBody};
+use crate::body::{BodyFault, BodyRules, InFlight, PendingLog, RequestBody, RequestBodyError, ResponseBody};
 use crate::forwarding::{self, PeerInfo, X_REQUEST_ID};
 use crate::path::{self, PathError};
 use crate::policies::{self, PolicySet};
@@ -136,6 +137,8 @@ struct UpstreamClient {
     response_timeout: Duration,
     attempts: u32,
     retry_on_status: Vec<u16>,
+    /// Largest idempotent request body read ahead so it can be retried.
+    retry_buffer: u64,
     budget: RetryBudget,
     /// Count in-flight requests per target (least_conn and p2c need them).
     track_load: bool,
@@ -241,6 +244,7 @@ impl Worker {
                     response_timeout: u.response_timeout,
                     attempts: u.retries.attempts,
                     retry_on_status: u.retries.on_status.clone(),
+                    retry_buffer: u.retries.buffer,
                     budget: RetryBudget::new(u.retries.budget, RETRY_MIN_PER_WINDOW, RETRY_WINDOW),
                     track_load: matches!(u.balance, Balance::LeastConn | Balance::P2c),
                     check_interval: u.health.as_ref().map(|h| h.interval),
@@ -638,16 +642,6 @@ impl Worker {
                 .find(parts.headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes))
                 .map_or(SelectKey::None, SelectKey::Pinned),
         };
-        // Requests without a body can be sent again after a bad status.
-        let replay = (!pool.retry_on_status.is_empty() && is_idempotent(&parts.method) && body.is_end_stream())
-            .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
-        let rebuild = |(method, uri, headers): &(http::Method, Uri, http::HeaderMap)| {
-            let mut r = Request::new(RequestBody::empty());
-            *r.method_mut() = method.clone();
-            *r.uri_mut() = uri.clone();
-            *r.headers_mut() = headers.clone();
-            r
-        };
         let mut body = RequestBody::new(body, ctx.bytes_in.clone());
         let fault = (!body.is_end_stream()).then(|| Arc::new(BodyFault::default()));
         if let Some(fault) = &fault {
@@ -660,6 +654,48 @@ impl Worker {
             body = body.with_rules(rules, fault.clone());
         }
         let client_fault = || fault.as_ref().is_some_and(|f| f.too_large() || f.too_slow());
+        // A small body of an idempotent request is read first, so the request
+        // can be sent again after a reset or a retried status.
+        let idempotent = is_idempotent(&parts.method);
+        let mut buffered = None;
+        if pool.attempts > 1
+            && idempotent
+            && fault.is_some()
+            && policies::content_length(&parts.headers).is_some_and(|n| n <= pool.retry_buffer)
+        {
+            match body.collect().await {
+                Ok(collected) => {
+                    let data = collected.to_bytes();
+                    body = RequestBody::buffered(data.clone());
+                    buffered = Some(data);
+                }
+                Err(e) => {
+                    ctx.close = true;
+                    let (status, why) = match e {
+                        RequestBodyError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+                        RequestBodyError::TooSlow => (StatusCode::REQUEST_TIMEOUT, "request body too slow"),
+                        RequestBodyError::Client(_) => (StatusCode::BAD_REQUEST, "request body could not be read"),
+                    };
+                    return local_error(status, why, &ctx.request_id);
+                }
+            }
+        }
+        // Requests that can be sent again: without a body when statuses are
+        // retried (a copy of the head is kept), or with a buffered body.
+        let replay = (idempotent
+            && ((body.is_end_stream() && buffered.is_none() && !pool.retry_on_status.is_empty())
+                || buffered.is_some()))
+        .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone(), buffered));
+        let rebuild = |(method, uri, headers, data): &(http::Method, Uri, http::HeaderMap, Option<Bytes>)| {
+            let mut r = Request::new(match data {
+                Some(d) => RequestBody::buffered(d.clone()),
+                None => RequestBody::empty(),
+            });
+            *r.method_mut() = method.clone();
+            *r.uri_mut() = uri.clone();
+            *r.headers_mut() = headers.clone();
+            r
+        };
         let mut pending = Some(Request::from_parts(parts, body));
         if pool.attempts > 1 {
             pool.budget.record_request();

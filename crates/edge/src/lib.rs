@@ -20,6 +20,7 @@ mod path;
 mod policies;
 mod pool;
 mod request_id;
+mod resolve;
 mod router;
 mod server;
 mod statics;

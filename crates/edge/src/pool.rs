@@ -43,12 +43,20 @@ pub(crate) enum SendError {
 }
 
 /// Opens a TCP connection to a target: an IP address directly, a host name
-/// through the resolver (on the blocking pool).
+/// through the resolver cache (`resolve.rs`), trying its addresses in order.
 pub(crate) async fn tcp_connect(target: &Target) -> std::io::Result<TcpStream> {
-    match target.host.parse::<std::net::IpAddr>() {
-        Ok(ip) => TcpStream::connect(SocketAddr::new(ip, target.port)).await,
-        Err(_) => TcpStream::connect((target.host.as_str(), target.port)).await,
+    if let Ok(ip) = target.host.parse::<std::net::IpAddr>() {
+        return TcpStream::connect(SocketAddr::new(ip, target.port)).await;
     }
+    let addrs = crate::resolve::addrs(&target.host, target.port).await?;
+    let mut last = None;
+    for addr in addrs.iter() {
+        match TcpStream::connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses")))
 }
 
 /// Connection pool of one target.

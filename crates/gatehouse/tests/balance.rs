@@ -181,6 +181,37 @@ async fn a_post_whose_body_went_upstream_is_not_retried() {
 }
 
 #[tokio::test]
+async fn a_small_idempotent_body_is_buffered_and_retried_after_a_reset() {
+    let resetting = Upstream::start(Behavior::ResetAfterBody).await;
+    let sink = Upstream::start(Behavior::Sink).await;
+    let gh = Gatehouse::start(&config(&format!(
+        "[upstream.app]\ntargets = [\"{}\", \"{}\"]\nretries = {{ attempts = 2, buffer = \"4KiB\" }}\npassive = {{ failures = 0 }}\n",
+        resetting.addr, sink.addr
+    )));
+    // Some PUTs go to the resetting target first, which reads the whole body
+    // and resets; each still succeeds, with its whole body, on the other one.
+    for _ in 0..4 {
+        let req = Request::put(gh.url("/doc")).body(body(vec![b'p'; 3000])).unwrap();
+        let r = send(&client::http1(), req).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "3000");
+    }
+    assert_eq!(sink.requests().len(), 4);
+    assert!(
+        !resetting.requests().is_empty(),
+        "some PUTs were sent to the resetting target first"
+    );
+    // Larger than the buffer: streamed, so not replayable after a reset.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let req = Request::put(gh.url("/doc")).body(body(vec![b'p'; 5000])).unwrap();
+        statuses.push(send(&client::http1(), req).await.status.as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 502]);
+}
+
+#[tokio::test]
 async fn status_retries_only_for_idempotent_requests() {
     let failing = Upstream::start(Behavior::Status(503, "busy")).await;
     let fine = Upstream::echo().await;
