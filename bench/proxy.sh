@@ -12,6 +12,9 @@
 #                       [--perf] [--profile] [--keep] [--wait-quiet SECONDS]
 #        --only gatehouse,policies compares the plain route with the same route
 #        behind a rate limit and a CORS policy.
+#        --targets 4 spreads the load round-robin over 4 upstream ports (one
+#        upstream nginx), with active health checks every 2 s in HAProxy and
+#        gatehouse (nginx has none).
 # Env:   GATEHOUSE_BIN=path  use this binary instead of `cargo build --release`.
 set -euo pipefail
 # shellcheck source=bench/lib.sh
@@ -21,6 +24,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ROUNDS=3
 DURATION=8
 CONNECTIONS=50
+TARGETS=1 # upstream targets; with more than one, health checks are on
 WARMUP=2
 ONLY="nginx,haproxy,gatehouse"
 PERF=0
@@ -54,13 +58,13 @@ done
 
 while (($#)); do
     case "$1" in
-    --rounds | --duration | --connections | --warmup | --only | --wait-quiet)
+    --rounds | --duration | --connections | --warmup | --only | --wait-quiet | --targets)
         (($# >= 2)) || die "$1 needs a value"
         opt="${1#--}"
         val="$2"
         shift 2
         ;;
-    --rounds=* | --duration=* | --connections=* | --warmup=* | --only=* | --wait-quiet=*)
+    --rounds=* | --duration=* | --connections=* | --warmup=* | --only=* | --wait-quiet=* | --targets=*)
         opt="${1%%=*}"
         opt="${opt#--}"
         val="${1#*=}"
@@ -79,12 +83,14 @@ while (($#)); do
     warmup) WARMUP="${val%s}" ;;
     only) ONLY="$val" ;;
     wait-quiet) WAIT_QUIET="${val%s}" ;;
+    targets) TARGETS="$val" ;;
     esac
 done
 
 int_in_range rounds "$ROUNDS" 1 50
 int_in_range duration "$DURATION" 1 600
 int_in_range connections "$CONNECTIONS" 1 10000
+int_in_range targets "$TARGETS" 1 16
 int_in_range warmup "$WARMUP" 0 60
 int_in_range wait-quiet "$WAIT_QUIET" 0 3600
 
@@ -189,12 +195,22 @@ http {
     fastcgi_temp_path $TMP/nginx-upstream/fastcgi;
     uwsgi_temp_path $TMP/nginx-upstream/uwsgi;
     scgi_temp_path $TMP/nginx-upstream/scgi;
+$(for ((t = 0; t < TARGETS; t++)); do
+    printf '    server {\n        listen 127.0.0.1:%d;\n        location / { return 200 "hello world\\n"; }\n    }\n' $((UPSTREAM_PORT + 10 + t))
+done)
     server {
         listen 127.0.0.1:$UPSTREAM_PORT;
         location / { return 200 "hello world\n"; }
     }
 }
 EOF
+# The proxies' targets: the direct port alone, or TARGETS other ports.
+TARGET_PORTS=()
+if ((TARGETS > 1)); then
+    for ((t = 0; t < TARGETS; t++)); do TARGET_PORTS+=($((UPSTREAM_PORT + 10 + t))); done
+else
+    TARGET_PORTS=("$UPSTREAM_PORT")
+fi
 
 cat >"$TMP/nginx/nginx.conf" <<EOF
 worker_processes 1;
@@ -211,7 +227,7 @@ http {
     uwsgi_temp_path $TMP/nginx/uwsgi;
     scgi_temp_path $TMP/nginx/scgi;
     upstream backend {
-        server 127.0.0.1:$UPSTREAM_PORT;
+$(for p in "${TARGET_PORTS[@]}"; do echo "        server 127.0.0.1:$p;"; done)
         keepalive 64;
         keepalive_requests 1000000;
     }
@@ -248,7 +264,14 @@ frontend bench
     default_backend upstream
 
 backend upstream
-    server upstream1 127.0.0.1:$UPSTREAM_PORT
+    balance roundrobin
+$(for p in "${TARGET_PORTS[@]}"; do
+    if ((TARGETS > 1)); then
+        echo "    server upstream$p 127.0.0.1:$p check inter 2s"
+    else
+        echo "    server upstream$p 127.0.0.1:$p"
+    fi
+done)
 EOF
 
 cat >"$TMP/gatehouse.toml" <<EOF
@@ -268,8 +291,13 @@ default = true
   path = "/"
   upstream = "backend"
 
+[limits]
+# As nginx's keepalive_requests above: wrk's connections are never recycled.
+keepalive_requests = 1000000
+
 [upstream.backend]
-targets = ["127.0.0.1:$UPSTREAM_PORT"]
+targets = [$(for p in "${TARGET_PORTS[@]}"; do printf '"127.0.0.1:%d", ' "$p"; done)]
+$( ((TARGETS > 1)) && echo 'health = { path = "/", interval = "2s" }')
 EOF
 
 # The same proxy with a rate limit (high enough never to refuse, so every
@@ -541,6 +569,7 @@ report() {
     echo "- gatehouse: $GH_V (git: $GIT_REV); nginx $NGINX_V; HAProxy $HAPROXY_V; wrk $WRK_V"
     echo "- load: \`taskset -c $LOAD_CPU wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\`, ${WARMUP}s warm-up each, $ROUNDS alternating rounds (${SERVERS[*]}); median of the rounds shown"
     echo "- proxies pinned to CPU $SERVER_CPU, one worker/thread, access log to a file, keep-alive to the upstream; upstream nginx (\`return 200 \"hello world\\n\"\`, 1 worker) and wrk share CPU $LOAD_CPU"
+    if ((TARGETS > 1)); then echo "- $TARGETS upstream targets (ports of the one upstream nginx), round robin; HAProxy and gatehouse check each target every 2 s"; fi
     echo
     echo "| server | req/s (median) | req/s (min–max) | p50 ms | p99 ms | proxy CPU | CPU µs/request | idle RSS | peak RSS | access-log lines | runs used |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"

@@ -371,7 +371,11 @@ impl Worker {
                 cors.apply(ctx.origin.as_ref(), h);
             }
         }
-        route.policy.security_headers.apply(h);
+        // On pages and files: what a browser renders or sniffs. API answers
+        // (JSON and the like) from upstream routes are left as the backend sent them.
+        if matches!(route.action, Action::Static(_)) || is_html(h) {
+            route.policy.security_headers.apply(h);
+        }
         route.site.policy.response_headers.apply(h);
         route.policy.response_headers.apply(h);
         if !ctx.guards.is_empty() {
@@ -868,6 +872,15 @@ impl Worker {
             .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         resp
     }
+}
+
+/// Whether a response is an HTML page (`text/html` or `application/xhtml+xml`).
+fn is_html(h: &http::HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let b = v.as_bytes();
+        let essence = b.split(|c| *c == b';').next().unwrap_or_default().trim_ascii();
+        essence.eq_ignore_ascii_case(b"text/html") || essence.eq_ignore_ascii_case(b"application/xhtml+xml")
+    })
 }
 
 /// Methods that may be repeated without changing the outcome (RFC 9110 §9.2.2).

@@ -295,6 +295,8 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
 
 #[tokio::test]
 async fn header_rules_and_security_headers() {
+    let assets = gatehouse_testkit::process::TempDir::new("gh-assets");
+    std::fs::write(assets.0.join("app.js"), "console.log(1)").unwrap();
     let app = Upstream::echo().await;
     let gh = Gatehouse::start(&app_config(
         app.addr,
@@ -302,7 +304,7 @@ async fn header_rules_and_security_headers() {
             site: r#"
 headers = { request = { set = { x-env = "prod" } }, response = { remove = ["x-upstream"] } }
 "#,
-            route: r#"
+            route: &r#"
   headers = { request = { remove = ["cookie"] }, response = { set = { cache-control = "no-store" }, add = { link = "</a.css>; rel=preload" } } }
   [[site.route]]
   path = "/page"
@@ -312,7 +314,14 @@ headers = { request = { set = { x-env = "prod" } }, response = { remove = ["x-up
   path = "/raw"
   respond = { body = "<p>raw</p>", content_type = "text/html" }
   security_headers = false
-"#,
+  [[site.route]]
+  path = "/default"
+  respond = { body = "<p>page</p>", content_type = "text/html; charset=utf-8" }
+  [[site.route]]
+  path = "/assets/"
+  static = { dir = "ASSETS" }
+"#
+            .replace("ASSETS", &assets.0.display().to_string()),
             ..Parts::default()
         },
     ));
@@ -324,15 +333,24 @@ headers = { request = { set = { x-env = "prod" } }, response = { remove = ["x-up
     assert_eq!(r.header("x-upstream"), "", "site response rule removed it");
     assert_eq!(r.header("cache-control"), "no-store");
     assert_eq!(r.header("link"), "</a.css>; rel=preload");
-    assert_eq!(r.header("x-content-type-options"), "nosniff");
-    assert_eq!(r.header("referrer-policy"), "strict-origin-when-cross-origin");
-    assert_eq!(r.header("x-frame-options"), "", "frame options are for HTML");
+    assert_eq!(r.header("x-content-type-options"), "", "API answers are left alone");
+    assert_eq!(r.header("x-frame-options"), "");
 
     let page = get(&gh.url("/page"), &[("host", "app.test")]).await;
     assert_eq!(page.header("content-security-policy"), "default-src 'self'");
     assert_eq!(page.header("x-frame-options"), "SAMEORIGIN");
     assert_eq!(page.header("referrer-policy"), "no-referrer");
     assert_eq!(page.header("x-content-type-options"), "nosniff");
+
+    let default = get(&gh.url("/default"), &[("host", "app.test")]).await;
+    assert_eq!(default.header("x-content-type-options"), "nosniff");
+    assert_eq!(default.header("referrer-policy"), "strict-origin-when-cross-origin");
+    assert_eq!(default.header("x-frame-options"), "DENY");
+
+    let js = get(&gh.url("/assets/app.js"), &[("host", "app.test")]).await;
+    assert_eq!(js.status, 200);
+    assert_eq!(js.header("x-content-type-options"), "nosniff", "static files get them");
+    assert_eq!(js.header("x-frame-options"), "", "frame options are for HTML");
 
     let raw = get(&gh.url("/raw"), &[("host", "app.test")]).await;
     assert_eq!(raw.header("x-content-type-options"), "");
