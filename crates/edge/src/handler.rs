@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     cookie_keys: std::collections::HashMap<String, Vec<u8>>,
     /// Rate limiters, upstream concurrency limits, connection counts.
     pub(crate) policies: PolicySet,
+    /// Per-site HTTPS rules (redirects, HSTS, SNI check, ACME answers).
+    pub(crate) tls: crate::tls::SitesTls,
 }
 
 impl Shared {
@@ -94,6 +96,7 @@ impl Shared {
             access_log,
             health,
             cookie_keys,
+            tls: crate::tls::SitesTls::default(),
         })
     }
 }
@@ -147,6 +150,8 @@ pub(crate) struct ConnCtx {
     pub(crate) proto: &'static str,
     /// Requests started on this connection (for `keepalive_requests`).
     pub(crate) requests: AtomicU32,
+    /// The TLS server name (SNI) the client asked for, lower-case.
+    pub(crate) sni: Option<Box<str>>,
 }
 
 impl ConnCtx {
@@ -155,7 +160,14 @@ impl ConnCtx {
             peer,
             proto,
             requests: AtomicU32::new(0),
+            sni: None,
         }
+    }
+
+    /// Records the TLS server name of the connection.
+    pub(crate) fn with_sni(mut self, sni: Option<Box<str>>) -> Self {
+        self.sni = sni;
+        self
     }
 }
 
@@ -180,6 +192,8 @@ struct Ctx<'a> {
     guards: Vec<ConcurrencyGuard>,
     /// Close the connection after this response (the request body was not read).
     close: bool,
+    /// `Strict-Transport-Security` of the site, on HTTPS.
+    hsts: Option<HeaderValue>,
 }
 
 impl Worker {
@@ -268,6 +282,7 @@ impl Worker {
             preflight: false,
             guards: Vec::new(),
             close: false,
+            hsts: None,
         };
         let served = conn.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let log_parts = self
@@ -285,6 +300,9 @@ impl Worker {
             }
         };
         self.response_filter(&mut ctx, &mut resp);
+        if let Some(hsts) = ctx.hsts.take() {
+            resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+        }
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS
             && (ctx.close || (version == Version::HTTP_11 && served >= self.shared.config.limits.keepalive_requests))
         {
@@ -422,6 +440,12 @@ impl Worker {
             }
             None => None,
         };
+        // HTTPS rules before routing: ACME answers, redirect, SNI check, HSTS.
+        let (router, tls) = (&self.shared.router, &self.shared.tls);
+        let name = host_name.as_deref();
+        if let Some(resp) = tls.before_routing(router, conn, name, &req, &ctx.request_id, &mut ctx.hsts) {
+            return resp;
+        }
         let path = match path::normalize(req.uri().path()) {
             Ok(p) => p,
             Err(e) => {

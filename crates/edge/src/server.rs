@@ -28,6 +28,7 @@ use crate::forwarding::PeerInfo;
 use crate::handler::{ConnCtx, Shared, Worker};
 use crate::healthcheck;
 use crate::policies::ConnSlot;
+use crate::tls::{TlsRuntime, WorkerTls};
 
 /// Pending connections the kernel queues per socket; matches common
 /// `net.core.somaxconn` defaults so bursts of new clients are not refused.
@@ -54,9 +55,12 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 pub struct BoundServer {
     config: Arc<Config>,
     access_log: Option<AccessLogSender>,
-    /// `sockets[worker]` holds that worker's socket for every address.
+    /// `sockets[worker]` holds that worker's socket for every address: the
+    /// HTTP ones, then (from index `local_addrs.len()`) the HTTPS ones.
     sockets: Vec<Vec<std::net::TcpListener>>,
     local_addrs: Vec<SocketAddr>,
+    https_addrs: Vec<SocketAddr>,
+    tls: Option<TlsRuntime>,
 }
 
 /// A running server; dropping it does not stop it — call [`RunningServer::shutdown`].
@@ -73,7 +77,8 @@ pub fn bind(config: Arc<Config>, access_log: Option<AccessLogSender>) -> Result<
     let workers = config.server.workers.get();
     let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut local_addrs = Vec::with_capacity(config.server.http.len());
-    for &addr in &config.server.http {
+    let mut https_addrs = Vec::with_capacity(config.server.https.len());
+    for (i, &addr) in config.server.http.iter().chain(&config.server.https).enumerate() {
         let bind_err = |source| EdgeError::Bind { addr, source };
         // Probe without SO_REUSEPORT first: it fails if anything else holds the
         // port, even another process that set SO_REUSEPORT itself, so two servers
@@ -85,13 +90,19 @@ pub fn bind(config: Arc<Config>, access_log: Option<AccessLogSender>) -> Result<
         for worker in &mut sockets {
             worker.push(reuseport_listener(actual).map_err(|source| EdgeError::Bind { addr: actual, source })?);
         }
-        local_addrs.push(actual);
+        if i < config.server.http.len() {
+            local_addrs.push(actual);
+        } else {
+            https_addrs.push(actual);
+        }
     }
     Ok(BoundServer {
         config,
         access_log,
         sockets,
         local_addrs,
+        https_addrs,
+        tls: None,
     })
 }
 
@@ -109,14 +120,34 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 }
 
 impl BoundServer {
-    /// The bound addresses (with real ports when the config said port 0).
+    /// The bound plain-HTTP addresses (with real ports when the config said port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
     }
 
+    /// The bound HTTPS addresses.
+    pub fn https_addrs(&self) -> &[SocketAddr] {
+        &self.https_addrs
+    }
+
+    /// Serves HTTPS on the `https` listeners with these certificates, and answers
+    /// ACME HTTP-01 challenges on the plain-HTTP ones. Required when the config
+    /// has HTTPS listeners.
+    pub fn with_tls(mut self, tls: TlsRuntime) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Starts the worker threads.
     pub fn start(self) -> Result<RunningServer, EdgeError> {
-        let shared = Arc::new(Shared::new(self.config.clone(), self.access_log)?);
+        if !self.https_addrs.is_empty() && self.tls.is_none() {
+            return Err(EdgeError::NoTls(self.https_addrs));
+        }
+        let mut shared = Shared::new(self.config.clone(), self.access_log)?;
+        let https_port = self.https_addrs.first().map(SocketAddr::port);
+        shared.tls = crate::tls::SitesTls::new(&self.config, https_port, self.tls.as_ref());
+        let shared = Arc::new(shared);
+        let https_from = self.local_addrs.len();
         let (tx, rx) = watch::channel(false);
         let deadline = self.config.server.shutdown_timeout;
         let mut threads = Vec::with_capacity(self.sockets.len() + 1);
@@ -138,13 +169,14 @@ impl BoundServer {
         for (i, sockets) in self.sockets.into_iter().enumerate() {
             let shared = shared.clone();
             let rx = rx.clone();
+            let tls = self.tls.clone().map(|t| (t, https_from));
             let thread = std::thread::Builder::new()
                 .name(format!("gatehouse-worker-{i}"))
-                .spawn(move || run_worker(i, shared, sockets, rx, deadline))
+                .spawn(move || run_worker(i, shared, sockets, rx, deadline, tls))
                 .map_err(EdgeError::Thread)?;
             threads.push(thread);
         }
-        tracing::info!(addrs = ?self.local_addrs, workers = self.config.server.workers.get(), "Listening.");
+        tracing::info!(addrs = ?self.local_addrs, https = ?self.https_addrs, workers = self.config.server.workers.get(), "Listening.");
         Ok(RunningServer {
             shared,
             shutdown: tx,
@@ -192,6 +224,7 @@ fn run_worker(
     sockets: Vec<std::net::TcpListener>,
     shutdown: watch::Receiver<bool>,
     deadline: Duration,
+    tls: Option<(TlsRuntime, usize)>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -222,10 +255,15 @@ fn run_worker(
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
             .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
+        // Sockets from index `https_from` on are HTTPS.
+        let (tls, https_from) = match tls {
+            Some((runtime, from)) => (Some(Arc::new(WorkerTls::new(runtime, &builder))), from),
+            None => (None, usize::MAX),
+        };
         let builder = Arc::new(builder);
 
         let mut accept_tasks = Vec::with_capacity(sockets.len());
-        for socket in sockets {
+        for (i, socket) in sockets.into_iter().enumerate() {
             let listener = match TcpListener::from_std(socket) {
                 Ok(l) => l,
                 Err(e) => {
@@ -240,6 +278,7 @@ fn run_worker(
                 graceful.clone(),
                 shared.clone(),
                 shutdown.clone(),
+                tls.clone().filter(|_| i >= https_from),
             )));
         }
         for t in accept_tasks {
@@ -274,6 +313,7 @@ async fn accept_loop(
     graceful: Arc<GracefulShutdown>,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    tls: Option<Arc<WorkerTls>>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -294,14 +334,20 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(ConnCtx::new(
-            PeerInfo::new(peer.ip(), &shared.config.server.trusted_proxies),
-            "http",
-        ));
+        let peer_info = PeerInfo::new(peer.ip(), &shared.config.server.trusted_proxies);
         let header_timeout = shared.config.limits.header_timeout;
         let worker = worker.clone();
-        let builder = builder.clone();
         let watcher = graceful.watcher();
+        if let Some(tls) = &tls {
+            let (tls, stop) = (tls.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let _slot = slot;
+                crate::tls::serve_connection(tls, stream, peer, peer_info, header_timeout, worker, watcher, stop).await;
+            });
+            continue;
+        }
+        let conn = Arc::new(ConnCtx::new(peer_info, "http"));
+        let builder = builder.clone();
         let mut stop = shutdown.clone();
         tokio::spawn(async move {
             let _slot = slot;

@@ -7,6 +7,7 @@ mod init;
 mod releases;
 mod serve;
 mod storage;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         cli::Command::Serve(args) => serve::run(&args.config),
         cli::Command::Check(args) => check::run(&args.config),
+        cli::Command::Trust(args) => tls::trust(&args.config),
         cli::Command::Init(args) => init::run(&args.path, args.force),
         cli::Command::Deploy(args) => releases::deploy(&args.config.config, &args.dir, &args.slot),
         cli::Command::Releases(args) => releases::list(&args.config.config, &args.slot),
