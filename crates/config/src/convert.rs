@@ -95,7 +95,24 @@ pub(crate) fn convert(mut file: FileConfig, base_dir: &Path) -> Result<Config, R
         "server.security_headers",
         &SecurityHeaders::default(),
     )?;
+    let acme_email = file.server.acme_email.take();
+    let https_file = file.server.https.take();
     let server = convert_server(file.server, base_dir)?;
+    let https = crate::tls::convert_https(https_file.as_ref(), &server.http)?;
+    if let Some(admin) = &server.admin {
+        if let Some(i) = https.iter().position(|a| *a == admin.listen && a.port() != 0) {
+            let span = https_file.as_ref().and_then(|l| l.get(i)).map(Spanned::span);
+            return err(
+                span,
+                format!("server.https[{i}]"),
+                format!("{} is the admin API's address; HTTPS needs its own", admin.listen),
+            );
+        }
+    }
+    let server = Server { https, ..server };
+    let tls = crate::tls::convert_tls(acme_email.as_ref(), file.acme.take(), file.tls.take(), base_dir)?;
+    // The first site ordering from ACME, for the listener check below.
+    let mut acme_site: Option<(std::ops::Range<usize>, String)> = None;
     let redis = policy::convert_redis(file.redis.take())?;
     let limits = policy::convert_limits(&file.limits)?;
     let (rate_limits, rate_limit_index) =
@@ -135,6 +152,7 @@ pub(crate) fn convert(mut file: FileConfig, base_dir: &Path) -> Result<Config, R
         };
         let (site_policy, site_defaults) = policy::convert_site(&site_keys, &key, &server_security, &limits)?;
         let mut hosts = Vec::with_capacity(site.hosts.len());
+        let host_spans = site.hosts.iter().map(Spanned::span).collect();
         for (j, h) in site.hosts.iter().enumerate() {
             let hkey = format!("{key}.hosts[{j}]");
             let pattern = host_pattern(h.get_ref()).or_else(|m| err(at(h), &hkey, m))?;
@@ -168,6 +186,19 @@ pub(crate) fn convert(mut file: FileConfig, base_dir: &Path) -> Result<Config, R
                 "a site needs at least one host name, or `default = true`",
             );
         }
+        let cx = crate::tls::SiteContext {
+            key: &key,
+            hosts: &hosts,
+            host_spans,
+            https: !server.https.is_empty(),
+            acme: tls.acme.is_some(),
+            base_dir,
+        };
+        let (site_tls, hsts, redirect_https) =
+            crate::tls::convert_site(site.tls.as_ref(), site.hsts.as_ref(), site.redirect_https.as_ref(), &cx)?;
+        if site_tls == SiteTls::Acme && acme_site.is_none() {
+            acme_site = Some((site.tls.as_ref().map_or(site_span.clone(), Spanned::span), key.clone()));
+        }
         let name = site
             .hosts
             .first()
@@ -198,7 +229,21 @@ pub(crate) fn convert(mut file: FileConfig, base_dir: &Path) -> Result<Config, R
             default: site.default,
             routes,
             policy: site_policy,
+            tls: site_tls,
+            hsts,
+            redirect_https,
         });
+    }
+    if let Some(acme) = &tls.acme {
+        if acme.challenge == AcmeChallenge::Http01 && server.http.is_empty() {
+            if let Some((span, key)) = acme_site {
+                return err(
+                    Some(span),
+                    format!("{key}.tls"),
+                    "the ACME HTTP-01 challenge is answered on a plain-HTTP listener (port 80 for public CAs),                      and `server.http` is empty; add one or set `challenge = \"tls-alpn-01\"` in [acme]",
+                );
+            }
+        }
     }
 
     // Release slots: declared ones, plus any slot a route serves.
@@ -311,6 +356,7 @@ pub(crate) fn convert(mut file: FileConfig, base_dir: &Path) -> Result<Config, R
         redis,
         rate_limits: named.rate_limits,
         limits,
+        tls,
     })
 }
 
@@ -351,6 +397,7 @@ fn convert_server(s: file::ServerFile, base_dir: &Path) -> Result<Server, RawErr
     Ok(Server {
         data_dir,
         http,
+        https: Vec::new(),
         workers,
         trusted_proxies,
         shutdown_timeout,
@@ -1027,7 +1074,7 @@ fn opt_duration(v: Option<&Spanned<String>>, key: &str, default: Duration) -> Re
     }
 }
 
-fn resolve_path(base: &Path, p: &str) -> PathBuf {
+pub(crate) fn resolve_path(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
     if p.is_absolute() {
         return p.to_path_buf();

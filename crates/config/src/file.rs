@@ -48,6 +48,70 @@ pub struct FileConfig {
     /// Request size limits and client timeouts.
     #[serde(default)]
     pub limits: LimitsFile,
+    /// The ACME certificate authority (default: Let's Encrypt).
+    pub acme: Option<Spanned<AcmeFile>>,
+    /// HTTPS behaviour shared by all sites: SNI checks, on-demand certificates.
+    pub tls: Option<Spanned<TlsFile>>,
+}
+
+/// `[acme]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeFile {
+    /// ACME directory URL. Default: Let's Encrypt production.
+    pub directory: Option<Spanned<String>>,
+    /// PEM file of an extra root trusted for the CA's own HTTPS (private ACME servers).
+    pub ca_root: Option<Spanned<String>>,
+    /// External Account Binding key id, given by the CA. Needs `eab_hmac`.
+    pub eab_kid: Option<Spanned<String>>,
+    /// External Account Binding HMAC key (base64url), given by the CA. Needs `eab_kid`.
+    pub eab_hmac: Option<Spanned<Secret>>,
+    /// Orders in flight at once. Default 4.
+    pub max_concurrent_orders: Option<Spanned<i64>>,
+    /// `"http-01"` (default) or `"tls-alpn-01"`.
+    pub challenge: Option<Spanned<String>>,
+}
+
+/// `[tls]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    /// What an HTTPS request whose Host differs from the TLS SNI name gets:
+    /// `"421"` (default, Misdirected Request) or `"allow"`.
+    pub sni_mismatch: Option<Spanned<String>>,
+    /// Certificates obtained at the first handshake for names not in the config.
+    /// Off unless this table exists.
+    pub on_demand: Option<Spanned<OnDemandFile>>,
+}
+
+/// `[tls.on_demand]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnDemandFile {
+    /// Names (exact or `*.example.com`) that may get a certificate.
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    /// `http://…` URL asked `GET ?domain=NAME`; only a 200 answer allows the name.
+    pub ask: Option<Spanned<String>>,
+    /// At most one attempt per name in this interval. Default `15m`.
+    pub per_name_interval: Option<Spanned<String>>,
+    /// At most this many attempts overall, `"COUNT/PERIOD"`. Default `"20/1h"`.
+    pub limit: Option<Spanned<String>>,
+}
+
+/// `tls = "acme" | "internal" | "off" | { cert = "…", key = "…" }` on a site.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SiteTlsFile {
+    /// `"acme"`, `"internal"` or `"off"`.
+    Mode(String),
+    /// PEM files managed elsewhere.
+    Files {
+        /// Certificate chain, leaf first.
+        cert: String,
+        /// Private key.
+        key: String,
+    },
 }
 
 /// `[redis]`
@@ -268,6 +332,11 @@ pub struct ServerFile {
     /// Plain HTTP listen addresses (HTTP/1.1, and HTTP/2 with prior knowledge).
     /// Default `["0.0.0.0:8080"]`.
     pub http: Option<Vec<Spanned<String>>>,
+    /// HTTPS listen addresses (TLS 1.2/1.3, HTTP/2 and HTTP/1.1). Default: none.
+    pub https: Option<Vec<Spanned<String>>>,
+    /// Contact address for the ACME account; turns on ACME certificates for
+    /// public host names. Default: none.
+    pub acme_email: Option<Spanned<String>>,
     /// Worker threads, each with its own event loop. Default: one per CPU core.
     pub workers: Option<Spanned<i64>>,
     /// Peers (CIDR or single IP) whose `X-Forwarded-For`, `Forwarded` and
@@ -337,6 +406,16 @@ pub struct SiteFile {
     pub security_headers: Option<Spanned<SecurityHeadersFile>>,
     /// Largest request body on this site. Default: `[limits] max_body_size`.
     pub max_body_size: Option<Spanned<String>>,
+    /// Where the site's certificate comes from. Default: `"acme"` for public
+    /// names when ACME is configured, `"internal"` for localhost, `.localhost`,
+    /// `.test` and IP addresses, else `"off"` (plain HTTP only).
+    pub tls: Option<Spanned<SiteTlsFile>>,
+    /// `Strict-Transport-Security` max-age (`"1y"`), or `false`. Default `"365d"`
+    /// for `acme` and files sites, off for `internal`.
+    pub hsts: Option<Spanned<toml::Value>>,
+    /// Redirect plain HTTP to HTTPS with 308 (except ACME challenges). Default
+    /// true for sites with TLS.
+    pub redirect_https: Option<Spanned<bool>>,
 }
 
 /// `[[site.route]]`

@@ -18,6 +18,7 @@ pub mod file;
 mod interpolate;
 pub mod model;
 mod policy;
+mod tls;
 mod units;
 
 use std::path::{Path, PathBuf};

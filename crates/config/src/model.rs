@@ -39,6 +39,109 @@ pub struct Config {
     pub rate_limits: Vec<RateLimit>,
     /// Request size limits and client timeouts.
     pub limits: Limits,
+    /// HTTPS settings shared by all sites.
+    pub tls: Tls,
+}
+
+/// HTTPS settings shared by all sites, validated.
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    /// The ACME account and CA; `None` when neither `acme_email` nor `[acme]` is set.
+    pub acme: Option<Acme>,
+    /// On-demand certificates; `None` (off) unless `[tls.on_demand]` exists.
+    pub on_demand: Option<OnDemand>,
+    /// What a request whose Host differs from the SNI name gets.
+    pub sni_mismatch: SniMismatch,
+}
+
+/// `[acme]` and `server.acme_email`, validated.
+#[derive(Debug, Clone)]
+pub struct Acme {
+    /// Contact address, if given.
+    pub email: Option<String>,
+    /// Directory URL (`https://…`).
+    pub directory: String,
+    /// Extra root trusted for the CA's HTTPS.
+    pub ca_root: Option<PathBuf>,
+    /// External Account Binding.
+    pub eab: Option<Eab>,
+    /// Orders in flight at once.
+    pub max_concurrent_orders: NonZeroUsize,
+    /// The challenge type answered.
+    pub challenge: AcmeChallenge,
+}
+
+/// External Account Binding credentials.
+#[derive(Debug, Clone)]
+pub struct Eab {
+    /// Key id.
+    pub kid: String,
+    /// HMAC key, base64url.
+    pub hmac: Secret,
+}
+
+/// The ACME challenge type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// A token served on the plain-HTTP listener (port 80 for public CAs).
+    Http01,
+    /// A special certificate on the HTTPS listener (port 443 for public CAs).
+    TlsAlpn01,
+}
+
+/// `[tls.on_demand]`, validated: at least one of `allow` and `ask` is set.
+#[derive(Debug, Clone)]
+pub struct OnDemand {
+    /// Allowed names: exact, or `*.example.com` for one extra label.
+    pub allow: Vec<String>,
+    /// URL asked `?domain=NAME`; 200 allows.
+    pub ask: Option<String>,
+    /// At most one attempt per name in this interval.
+    pub per_name_interval: Duration,
+    /// At most this many attempts …
+    pub limit: u32,
+    /// … in this window.
+    pub limit_window: Duration,
+}
+
+/// What a request whose Host differs from the TLS SNI name gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SniMismatch {
+    /// 421 Misdirected Request (RFC 9110 §15.5.20).
+    #[default]
+    Refuse,
+    /// Served by the site its Host names.
+    Allow,
+}
+
+/// Where a site's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SiteTls {
+    /// Plain HTTP only.
+    Off,
+    /// Ordered from the ACME CA and renewed in the background.
+    Acme,
+    /// Issued by gatehouse's local CA.
+    Internal,
+    /// PEM files managed elsewhere, reloaded when they change.
+    Files {
+        /// Certificate chain, leaf first.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+}
+
+impl SiteTls {
+    /// The config name: `off`, `acme`, `internal` or `files`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Acme => "acme",
+            Self::Internal => "internal",
+            Self::Files { .. } => "files",
+        }
+    }
 }
 
 /// `[redis]`, validated.
@@ -234,6 +337,8 @@ pub struct Server {
     pub data_dir: PathBuf,
     /// Plain-HTTP listen addresses.
     pub http: Vec<SocketAddr>,
+    /// HTTPS listen addresses.
+    pub https: Vec<SocketAddr>,
     /// Number of worker threads.
     pub workers: NonZeroUsize,
     /// Peers whose forwarding headers are believed.
@@ -336,6 +441,12 @@ pub struct Site {
     pub routes: Vec<Route>,
     /// Site-wide policies.
     pub policy: SitePolicy,
+    /// Where the site's certificate comes from.
+    pub tls: SiteTls,
+    /// `Strict-Transport-Security` max-age sent on HTTPS responses; `None`: not sent.
+    pub hsts: Option<Duration>,
+    /// Plain-HTTP requests get a 308 to `https://`.
+    pub redirect_https: bool,
 }
 
 /// A route, validated.

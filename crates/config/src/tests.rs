@@ -745,3 +745,161 @@ fn policy_errors_name_the_key_and_what_is_valid() {
     );
     fails("[redis]\nurl = \"http://x\"\n", 2, 7, "redis.url", "redis://");
 }
+
+const TLS_BASE: &str = r#"[server]
+http = ["127.0.0.1:80"]
+https = ["127.0.0.1:443"]
+acme_email = "ops@example.com"
+"#;
+
+fn tls_site(text: &str) -> Site {
+    ok(&format!("{TLS_BASE}{text}")).sites.remove(0)
+}
+
+#[test]
+fn tls_modes_default_by_host_name() {
+    let public = tls_site("[[site]]\nhosts = [\"app.example.com\"]\nroute = [{ path = \"/\", respond = {} }]\n");
+    assert_eq!(public.tls, SiteTls::Acme);
+    assert_eq!(public.hsts, Some(std::time::Duration::from_secs(365 * 24 * 3600)));
+    assert!(public.redirect_https);
+    for local in ["localhost", "app.localhost", "shop.test", "127.0.0.1", "[::1]"] {
+        let site = tls_site(&format!("[[site]]\nhosts = [\"{local}\"]\n"));
+        assert_eq!(site.tls, SiteTls::Internal, "{local}");
+        assert_eq!(site.hsts, None, "no HSTS for {local}");
+        assert!(site.redirect_https);
+    }
+    // A public wildcard cannot come from ACME here, so it stays plain HTTP by default.
+    let wildcard = tls_site("[[site]]\nhosts = [\"*.example.com\"]\n");
+    assert_eq!(wildcard.tls, SiteTls::Off);
+    assert!(!wildcard.redirect_https);
+    // Without acme_email, public names have no certificate source.
+    let c = ok("[server]\nhttps = [\"127.0.0.1:443\"]\n[[site]]\nhosts = [\"app.example.com\"]\n");
+    assert_eq!(c.sites[0].tls, SiteTls::Off);
+    assert!(c.tls.acme.is_none());
+    // Without an HTTPS listener, nothing is TLS.
+    let c = ok("[[site]]\nhosts = [\"localhost\"]\n");
+    assert_eq!(c.sites[0].tls, SiteTls::Off);
+}
+
+#[test]
+fn tls_files_mode_and_explicit_settings() {
+    let site = tls_site(
+        "[[site]]\nhosts = [\"*.example.com\"]\ntls = { cert = \"certs/c.pem\", key = \"/k.pem\" }\nhsts = \"30d\"\nredirect_https = false\n",
+    );
+    assert_eq!(
+        site.tls,
+        SiteTls::Files {
+            cert: Path::new("/etc/gatehouse/certs/c.pem").to_path_buf(),
+            key: Path::new("/k.pem").to_path_buf()
+        }
+    );
+    assert_eq!(site.hsts, Some(std::time::Duration::from_secs(30 * 86400)));
+    assert!(!site.redirect_https);
+    let site = tls_site("[[site]]\nhosts = [\"app.example.com\"]\ntls = \"internal\"\n");
+    assert_eq!(site.tls, SiteTls::Internal);
+    let site = tls_site("[[site]]\nhosts = [\"app.example.com\"]\nhsts = false\n");
+    assert_eq!(site.hsts, None);
+}
+
+#[test]
+fn acme_and_on_demand_tables() {
+    let c = ok(&format!(
+        "{TLS_BASE}[acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\nca_root = \"pebble.pem\"\neab_kid = \"kid\"\neab_hmac = \"c2VjcmV0\"\nmax_concurrent_orders = 2\nchallenge = \"tls-alpn-01\"\n\
+         [tls]\nsni_mismatch = \"allow\"\n[tls.on_demand]\nallow = [\"*.customers.example.com\"]\nask = \"http://127.0.0.1:9000/ok\"\nper_name_interval = \"5m\"\nlimit = \"10/h\"\n"
+    ));
+    let acme = c.tls.acme.unwrap();
+    assert_eq!(acme.email.as_deref(), Some("ops@example.com"));
+    assert_eq!(acme.directory, "https://127.0.0.1:14000/dir");
+    assert_eq!(acme.ca_root.unwrap(), Path::new("/etc/gatehouse/pebble.pem"));
+    assert_eq!(acme.eab.unwrap().kid, "kid");
+    assert_eq!(acme.max_concurrent_orders.get(), 2);
+    assert_eq!(acme.challenge, AcmeChallenge::TlsAlpn01);
+    assert_eq!(c.tls.sni_mismatch, SniMismatch::Allow);
+    let od = c.tls.on_demand.unwrap();
+    assert_eq!(od.allow, vec!["*.customers.example.com".to_owned()]);
+    assert_eq!(od.limit, 10);
+    assert_eq!(od.limit_window, std::time::Duration::from_secs(3600));
+    assert_eq!(od.per_name_interval, std::time::Duration::from_secs(300));
+    assert_eq!(c.server.https, vec!["127.0.0.1:443".parse().unwrap()]);
+}
+
+#[test]
+fn tls_errors_point_at_the_key() {
+    fails(
+        "[[site]]\nhosts = [\"localhost\"]\ntls = \"internal\"\n",
+        3,
+        7,
+        "site[0].tls",
+        "no HTTPS listener",
+    );
+    fails(
+        &format!("{TLS_BASE}[[site]]\nhosts = [\"a.example.com\", \"*.example.com\"]\ntls = \"acme\"\n"),
+        6,
+        27,
+        "site[0].hosts[1]",
+        "DNS-01",
+    );
+    fails(
+        "[server]\nhttps = [\"127.0.0.1:443\"]\n[[site]]\nhosts = [\"a.example.com\"]\ntls = \"acme\"\n",
+        5,
+        7,
+        "site[0].tls",
+        "acme_email",
+    );
+    fails(
+        &format!("{TLS_BASE}[[site]]\nhosts = [\"localhost\"]\ntls = \"acme\"\n"),
+        6,
+        10,
+        "site[0].hosts[0]",
+        "internal",
+    );
+    fails(
+        &format!("{TLS_BASE}[[site]]\nhosts = [\"localhost\"]\nhsts = \"1y\"\n"),
+        7,
+        8,
+        "site[0].hsts",
+        "development name",
+    );
+    fails(
+        &format!("{TLS_BASE}[[site]]\nhosts = [\"a.example.com\"]\ntls = \"tls\"\n"),
+        7,
+        7,
+        "site[0].tls",
+        "unknown mode",
+    );
+    fails(
+        &format!("{TLS_BASE}[acme]\neab_kid = \"k\"\n"),
+        6,
+        11,
+        "acme.eab_kid",
+        "eab_hmac",
+    );
+    fails(
+        &format!("{TLS_BASE}[tls.on_demand]\nper_name_interval = \"1m\"\n"),
+        5,
+        1,
+        "tls.on_demand",
+        "`allow`",
+    );
+    fails(
+        "[server]\nhttp = [\"127.0.0.1:80\"]\nhttps = [\"127.0.0.1:80\"]\n",
+        3,
+        10,
+        "server.https[0]",
+        "plain-HTTP listener",
+    );
+    fails(
+        &format!("{TLS_BASE}[[site]]\nhosts = [\"a.example.com\"]\ntls = \"off\"\nredirect_https = true\n"),
+        8,
+        18,
+        "site[0].redirect_https",
+        "no TLS",
+    );
+    fails(
+        "[server]\nhttp = []\nhttps = [\"127.0.0.1:443\"]\nacme_email = \"a@b.example\"\n[[site]]\nhosts = [\"a.example.com\"]\n",
+        5,
+        1,
+        "site[0].tls",
+        "HTTP-01",
+    );
+}

@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     pub(crate) policies: PolicySet,
     /// HTTP/1 and HTTP/2 settings of client connections (from `[limits]`).
     pub(crate) http: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    /// Per-site HTTPS rules (redirects, HSTS, SNI check, ACME answers).
+    pub(crate) tls: crate::tls::SitesTls,
 }
 
 impl Shared {
@@ -111,6 +113,7 @@ impl Shared {
             access_log,
             health,
             cookie_keys,
+            tls: crate::tls::SitesTls::default(),
         })
     }
 }
@@ -166,6 +169,8 @@ pub(crate) struct ConnCtx {
     pub(crate) proto: &'static str,
     /// Requests started on this connection (for `keepalive_requests`).
     pub(crate) requests: AtomicU32,
+    /// The TLS server name (SNI) the client asked for, lower-case.
+    pub(crate) sni: Option<Box<str>>,
 }
 
 impl ConnCtx {
@@ -174,7 +179,14 @@ impl ConnCtx {
             peer,
             proto,
             requests: AtomicU32::new(0),
+            sni: None,
         }
+    }
+
+    /// Records the TLS server name of the connection.
+    pub(crate) fn with_sni(mut self, sni: Option<Box<str>>) -> Self {
+        self.sni = sni;
+        self
     }
 }
 
@@ -199,6 +211,8 @@ struct Ctx<'a> {
     guards: Vec<ConcurrencyGuard>,
     /// Close the connection after this response (the request body was not read).
     close: bool,
+    /// `Strict-Transport-Security` of the site, on HTTPS.
+    hsts: Option<HeaderValue>,
 }
 
 impl Worker {
@@ -306,6 +320,7 @@ impl Worker {
             preflight: false,
             guards: Vec::new(),
             close: false,
+            hsts: None,
         };
         let served = conn.requests.fetch_add(1, Ordering::Relaxed) + 1;
         let log_parts = self
@@ -323,6 +338,9 @@ impl Worker {
             }
         };
         self.response_filter(&mut ctx, &mut resp);
+        if let Some(hsts) = ctx.hsts.take() {
+            resp.headers_mut().insert(header::STRICT_TRANSPORT_SECURITY, hsts);
+        }
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS
             && (ctx.close || (version == Version::HTTP_11 && served >= self.shared.config.limits.keepalive_requests))
         {
@@ -464,6 +482,12 @@ impl Worker {
             }
             None => None,
         };
+        // HTTPS rules before routing: ACME answers, redirect, SNI check, HSTS.
+        let (router, tls) = (&self.shared.router, &self.shared.tls);
+        let name = host_name.as_deref();
+        if let Some(resp) = tls.before_routing(router, conn, name, &req, &ctx.request_id, &mut ctx.hsts) {
+            return resp;
+        }
         let path = match path::normalize(req.uri().path()) {
             Ok(p) => p,
             Err(e) => {

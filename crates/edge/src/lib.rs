@@ -24,9 +24,11 @@ mod resolve;
 mod router;
 mod server;
 mod statics;
+mod tls;
 
 pub use body::{RequestBody, RequestBodyError, ResponseBody};
 pub use server::{BoundServer, Reloaded, Reloader, RunningServer, TargetStatus, UpstreamStatus, UpstreamsView, bind};
+pub use tls::TlsRuntime;
 
 use std::net::SocketAddr;
 
@@ -61,6 +63,12 @@ pub enum EdgeError {
         #[source]
         source: gatehouse_policy::PolicyError,
     },
+    /// The TLS configuration could not be built.
+    #[error("TLS: {0}")]
+    Tls(#[source] gatehouse_tls::TlsError),
+    /// HTTPS listeners are configured but no TLS runtime was given.
+    #[error("HTTPS listeners {0:?} need certificates: start the server with a TLS runtime")]
+    NoTls(Vec<SocketAddr>),
     /// A worker thread could not be started.
     #[error("cannot start worker thread: {0}")]
     Thread(#[source] std::io::Error),

@@ -160,7 +160,7 @@ impl Router {
     }
 
     /// Finds the site for a normalised (lower-case, port-less) host.
-    fn site(&self, host: Option<&str>) -> Option<usize> {
+    pub(crate) fn site(&self, host: Option<&str>) -> Option<usize> {
         if let Some(host) = host {
             if let Some(&i) = self.exact.get(host) {
                 return Some(i);

@@ -29,6 +29,7 @@ use crate::forwarding::PeerInfo;
 use crate::generation::{Checker, Generation};
 use crate::handler::{ConnCtx, Shared, Worker};
 use crate::policies::ConnSlot;
+use crate::tls::{TlsRuntime, WorkerTls};
 
 /// Pending connections the kernel queues per socket; matches common
 /// `net.core.somaxconn` defaults so bursts of new clients are not refused.
@@ -55,9 +56,12 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 pub struct BoundServer {
     config: Arc<Config>,
     access_log: Option<AccessLogSender>,
-    /// `sockets[worker]` holds that worker's socket for every address.
+    /// `sockets[worker]` holds that worker's socket for every address: the
+    /// HTTP ones, then (from index `local_addrs.len()`) the HTTPS ones.
     sockets: Vec<Vec<std::net::TcpListener>>,
     local_addrs: Vec<SocketAddr>,
+    https_addrs: Vec<SocketAddr>,
+    tls: Option<TlsRuntime>,
 }
 
 /// A running server; dropping it does not stop it — call [`RunningServer::shutdown`].
@@ -88,6 +92,10 @@ struct Control {
     current: ArcSwap<Generation>,
     workers: Vec<WorkerSlot>,
     shutdown: watch::Sender<bool>,
+    /// Certificates and challenge answers of the HTTPS listeners.
+    tls: Option<TlsRuntime>,
+    /// Port of the first HTTPS listener, for redirects.
+    https_port: Option<u16>,
     /// Reloads and shutdown take this lock, so they never interleave.
     state: Mutex<ControlState>,
 }
@@ -117,6 +125,8 @@ struct Listener {
     configured: SocketAddr,
     /// The bound address.
     actual: SocketAddr,
+    /// An HTTPS listener (kept as it is by reloads).
+    tls: bool,
     /// Stops this address's accept loops, which then drain their connections.
     stop: watch::Sender<bool>,
 }
@@ -127,18 +137,25 @@ pub fn bind(config: Arc<Config>, access_log: Option<AccessLogSender>) -> Result<
     let workers = config.server.workers.get();
     let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut local_addrs = Vec::with_capacity(config.server.http.len());
-    for &addr in &config.server.http {
+    let mut https_addrs = Vec::with_capacity(config.server.https.len());
+    for (i, &addr) in config.server.http.iter().chain(&config.server.https).enumerate() {
         let (actual, per_worker) = bind_address(addr, workers)?;
         for (worker, socket) in sockets.iter_mut().zip(per_worker) {
             worker.push(socket);
         }
-        local_addrs.push(actual);
+        if i < config.server.http.len() {
+            local_addrs.push(actual);
+        } else {
+            https_addrs.push(actual);
+        }
     }
     Ok(BoundServer {
         config,
         access_log,
         sockets,
         local_addrs,
+        https_addrs,
+        tls: None,
     })
 }
 
@@ -191,24 +208,54 @@ pub(crate) fn http_builder(limits: &gatehouse_config::Limits) -> auto::Builder<T
 }
 
 impl BoundServer {
-    /// The bound addresses (with real ports when the config said port 0).
+    /// The bound plain-HTTP addresses (with real ports when the config said port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local_addrs
     }
 
+    /// The bound HTTPS addresses.
+    pub fn https_addrs(&self) -> &[SocketAddr] {
+        &self.https_addrs
+    }
+
+    /// Serves HTTPS on the `https` listeners with these certificates, and answers
+    /// ACME HTTP-01 challenges on the plain-HTTP ones. Required when the config
+    /// has HTTPS listeners.
+    pub fn with_tls(mut self, tls: TlsRuntime) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Starts the worker threads.
     pub fn start(self) -> Result<RunningServer, EdgeError> {
-        let shared = Arc::new(Shared::new(self.config.clone(), self.access_log, None)?);
+        if !self.https_addrs.is_empty() && self.tls.is_none() {
+            return Err(EdgeError::NoTls(self.https_addrs));
+        }
+        let mut shared = Shared::new(self.config.clone(), self.access_log, None)?;
+        let https_port = self.https_addrs.first().map(SocketAddr::port);
+        shared.tls = crate::tls::SitesTls::new(&self.config, https_port, self.tls.as_ref());
+        let shared = Arc::new(shared);
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let https: Vec<(SocketAddr, SocketAddr)> = self
+            .config
+            .server
+            .https
+            .iter()
+            .copied()
+            .zip(self.https_addrs.iter().copied())
+            .collect();
         let listeners: Vec<Listener> = self
             .config
             .server
             .http
             .iter()
             .zip(&self.local_addrs)
-            .map(|(&configured, &actual)| Listener {
+            .map(|(&configured, &actual)| (configured, actual, false))
+            .chain(https.iter().map(|&(configured, actual)| (configured, actual, true)))
+            .map(|(configured, actual, tls)| Listener {
                 configured,
                 actual,
+                tls,
                 stop: watch::channel(false).0,
             })
             .collect();
@@ -223,6 +270,7 @@ impl BoundServer {
                 .map_err(EdgeError::Thread)?;
             let current = Arc::new(ArcSwap::from_pointee(Worker::new(shared.clone(), None)));
             let (alive_tx, alive_rx) = mpsc::channel(1);
+            let worker_tls = self.tls.clone().map(|t| Arc::new(WorkerTls::new(t)));
             for (socket, listener) in sockets.into_iter().zip(&listeners) {
                 runtime.spawn(accept_loop(
                     socket,
@@ -230,6 +278,7 @@ impl BoundServer {
                     listener.stop.subscribe(),
                     shutdown_rx.clone(),
                     alive_tx.clone(),
+                    worker_tls.clone().filter(|_| listener.tls),
                 ));
             }
             workers.push(WorkerSlot {
@@ -245,11 +294,13 @@ impl BoundServer {
             threads.push(thread);
         }
         let checker = Checker::start(&shared);
-        tracing::info!(addrs = ?self.local_addrs, workers = self.config.server.workers.get(), "Listening.");
+        tracing::info!(addrs = ?self.local_addrs, https = ?self.https_addrs, workers = self.config.server.workers.get(), "Listening.");
         let control = Control {
             current: ArcSwap::from_pointee(Generation { number: 1, shared }),
             workers,
             shutdown,
+            tls: self.tls,
+            https_port,
             state: Mutex::new(ControlState {
                 listeners,
                 checker: Some(checker),
@@ -369,14 +420,13 @@ impl Control {
 
         // Build: nothing below may change the running generation until the
         // commit, so every `?` leaves it untouched.
-        let shared = Arc::new(Shared::new(
-            config.clone(),
-            old.shared.access_log.clone(),
-            Some(&old.shared),
-        )?);
+        let mut shared = Shared::new(config.clone(), old.shared.access_log.clone(), Some(&old.shared))?;
+        shared.tls = crate::tls::SitesTls::new(&config, self.https_port, self.tls.as_ref());
+        let shared = Arc::new(shared);
         let mut added: Vec<(SocketAddr, SocketAddr, Vec<std::net::TcpListener>)> = Vec::new();
         for &addr in &config.server.http {
-            let known = state.listeners.iter().any(|l| l.configured == addr) || added.iter().any(|a| a.0 == addr);
+            let known =
+                state.listeners.iter().any(|l| l.configured == addr && !l.tls) || added.iter().any(|a| a.0 == addr);
             if !known {
                 let (actual, sockets) = bind_address(addr, running)?;
                 added.push((addr, actual, sockets));
@@ -403,6 +453,7 @@ impl Control {
             let listener = Listener {
                 configured,
                 actual,
+                tls: false,
                 stop: watch::channel(false).0,
             };
             for ((slot, socket), alive) in self.workers.iter().zip(sockets).zip(&state.alive) {
@@ -412,6 +463,7 @@ impl Control {
                     listener.stop.subscribe(),
                     shutdown_rx.clone(),
                     alive.clone(),
+                    None,
                 ));
             }
             state.listeners.push(listener);
@@ -419,7 +471,8 @@ impl Control {
         }
         let mut removed = Vec::new();
         state.listeners.retain(|l| {
-            let keep = config.server.http.contains(&l.configured);
+            // HTTPS listeners change only with a restart.
+            let keep = l.tls || config.server.http.contains(&l.configured);
             if !keep {
                 let _ = l.stop.send(true);
                 removed.push(l.actual);
@@ -464,6 +517,7 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
+    tls: Option<Arc<WorkerTls>>,
 ) {
     let listener = match TcpListener::from_std(socket) {
         Ok(l) => l,
@@ -499,10 +553,24 @@ async fn accept_loop(
         let conn = ConnCache::new(peer.ip());
         let header_timeout = shared.config.limits.header_timeout;
         let builder = shared.http.clone();
+        let peer_info = PeerInfo::new(peer.ip(), &shared.config.server.trusted_proxies);
         drop(worker_now);
         let current = current.clone();
         let watcher = graceful.watcher();
         let mut stopping = shutdown.clone();
+        if let Some(tls) = &tls {
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let accepted = crate::tls::Accepted {
+                    stream,
+                    peer,
+                    peer_info,
+                };
+                crate::tls::serve_connection(tls, accepted, header_timeout, current, builder, watcher, stopping).await;
+            });
+            continue;
+        }
         tokio::spawn(async move {
             let _slot = slot;
             let ready = tokio::select! {

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::Path;
 
-use gatehouse_config::{Action, Config, HostPattern, StaticSource};
+use gatehouse_config::{Action, Config, HostPattern, SiteTls, StaticSource};
 
 pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
     let config = gatehouse_config::load(path)?;
@@ -20,6 +20,26 @@ pub(crate) fn summary(c: &Config) -> String {
     let mut out = String::new();
     let listen: Vec<String> = c.server.http.iter().map(ToString::to_string).collect();
     let _ = writeln!(out, "listen http: {}", listen.join(", "));
+    if !c.server.https.is_empty() {
+        let https: Vec<String> = c.server.https.iter().map(ToString::to_string).collect();
+        let _ = writeln!(out, "listen https: {}", https.join(", "));
+    }
+    if let Some(acme) = &c.tls.acme {
+        let _ = writeln!(
+            out,
+            "acme: {} ({}){}",
+            acme.directory,
+            match acme.challenge {
+                gatehouse_config::AcmeChallenge::Http01 => "http-01",
+                gatehouse_config::AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+            },
+            if c.tls.on_demand.is_some() {
+                ", on-demand on"
+            } else {
+                ""
+            }
+        );
+    }
     let _ = writeln!(
         out,
         "workers: {}, data_dir: {}",
@@ -39,6 +59,7 @@ pub(crate) fn summary(c: &Config) -> String {
             hosts.push("(default)".into());
         }
         let _ = writeln!(out, "site {}", hosts.join(" "));
+        let _ = writeln!(out, "  tls {}", tls_summary(site));
         for r in &site.routes {
             let methods = r
                 .methods
@@ -128,4 +149,19 @@ pub(crate) fn summary(c: &Config) -> String {
         }
     }
     out
+}
+
+/// `acme, hsts 365d, redirect` and the like.
+fn tls_summary(site: &gatehouse_config::Site) -> String {
+    let mut s = match &site.tls {
+        SiteTls::Files { cert, key } => format!("files (cert {}, key {})", cert.display(), key.display()),
+        other => other.as_str().to_owned(),
+    };
+    if let Some(age) = site.hsts {
+        let _ = write!(s, ", hsts {}d", age.as_secs() / 86400);
+    }
+    if site.redirect_https {
+        s.push_str(", http → https");
+    }
+    s
 }

@@ -22,6 +22,9 @@ pub(crate) enum Command {
     Reload(ReloadArgs),
     /// Validate a config file and print a summary of its sites, routes and upstreams.
     Check(ConfigArg),
+    /// Show where the internal CA's root certificate is and how to trust it
+    /// (creates the CA if needed).
+    Trust(ConfigArg),
     /// Write a commented starter config.
     Init(InitArgs),
     /// Deploy a built static site (e.g. a Vite `dist/`) as a new release of a slot.

@@ -8,6 +8,7 @@ mod releases;
 mod reload;
 mod serve;
 mod storage;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -24,6 +25,7 @@ fn main() -> ExitCode {
         cli::Command::Serve(args) => serve::run(&args.config),
         cli::Command::Reload(args) => reload::run(&args.config.config, args.admin.as_deref()),
         cli::Command::Check(args) => check::run(&args.config),
+        cli::Command::Trust(args) => tls::trust(&args.config),
         cli::Command::Init(args) => init::run(&args.path, args.force),
         cli::Command::Deploy(args) => releases::deploy(&args.config.config, &args.dir, &args.slot),
         cli::Command::Releases(args) => releases::list(&args.config.config, &args.slot),

@@ -141,7 +141,12 @@ pub(crate) fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static 
         "release",
         format!("{:?}", old.releases) != format!("{:?}", new.releases),
     );
+    keep("server.https", old.server.https != new.server.https);
+    // Secrets in [acme] print as `***`: a changed EAB key alone is not noticed.
+    keep("acme, tls", format!("{:?}", old.tls) != format!("{:?}", new.tls));
     new.server.workers = old.server.workers;
+    new.server.https = old.server.https.clone();
+    new.tls = old.tls.clone();
     new.server.data_dir = old.server.data_dir.clone();
     new.server.admin = old.server.admin.clone();
     new.server.watch_config = old.server.watch_config;

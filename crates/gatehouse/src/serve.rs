@@ -24,7 +24,19 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
     // Held until exit: `gatehouse restore` refuses to overwrite a live data_dir.
     let _data_dir_lock = DataDirLock::acquire(data_dir).context("cannot start")?;
     let access_log = AccessLog::start(&config.log.access_log, config.log.access_log_format)?;
-    let bound = gatehouse_edge::bind(config.clone(), access_log.as_ref().and_then(AccessLog::sender))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the control runtime")?;
+    let mut bound = gatehouse_edge::bind(config.clone(), access_log.as_ref().and_then(AccessLog::sender))?;
+    // Certificate renewal and file watching run on the control runtime.
+    let certificates = {
+        let _entered = runtime.enter();
+        crate::tls::start(&config)?
+    };
+    if let Some(certs) = &certificates {
+        bound = bound.with_tls(certs.runtime.clone());
+    }
     // Bound with the edge's listeners: a busy admin port stops startup before
     // anything serves.
     let admin_listener = match &config.server.admin {
@@ -39,7 +51,14 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
         println!(
             "gatehouse {} is serving on {}",
             env!("CARGO_PKG_VERSION"),
-            open_url(*addr)
+            open_url("http", *addr)
+        );
+    }
+    for addr in bound.https_addrs() {
+        println!(
+            "gatehouse {} is serving on {}",
+            env!("CARGO_PKG_VERSION"),
+            open_url("https", *addr)
         );
     }
     if let Some(listener) = &admin_listener {
@@ -47,11 +66,6 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
     }
     let server = bound.start()?;
     let controller = crate::reload::Controller::new(path, server.reloader(), config.clone());
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the control runtime")?;
     runtime.block_on(async {
         // The store connects and migrates in the background; a database that is
         // down is retried with backoff and does not stop the proxy.
@@ -117,6 +131,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
     // (the controller, the admin API's tasks) hold the edge's state: they go
     // first, so the log thread sees the channel close and finishes.
     drop(controller);
+    drop(certificates);
     drop(runtime);
     if let Some(log) = access_log {
         log.finish();
@@ -189,7 +204,7 @@ fn start_admin(
 }
 
 /// A URL a person can open for a listen address.
-fn open_url(addr: SocketAddr) -> String {
+fn open_url(scheme: &str, addr: SocketAddr) -> String {
     let host = if addr.ip().is_unspecified() || addr.ip().is_loopback() {
         "localhost".to_owned()
     } else if addr.is_ipv6() {
@@ -197,7 +212,7 @@ fn open_url(addr: SocketAddr) -> String {
     } else {
         addr.ip().to_string()
     };
-    format!("http://{host}:{}/", addr.port())
+    format!("{scheme}://{host}:{}/", addr.port())
 }
 
 async fn wait_for_signal() -> anyhow::Result<&'static str> {

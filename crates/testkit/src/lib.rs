@@ -9,6 +9,7 @@
 //!   exit codes and memory measurements.
 //! - [`client`]: a small HTTP client for tests.
 //! - [`data`]: incompressible bytes and tar.gz release archives.
+//! - [`pebble`]: the machine-wide lock for tests using Pebble's fixed ports.
 //!
 //! Everything binds to loopback and every wait is bounded.
 
@@ -16,6 +17,7 @@
 
 pub mod client;
 pub mod data;
+pub mod pebble;
 pub mod process;
 pub mod upstream;
 

@@ -147,7 +147,7 @@ impl InternalCa {
 
 /// Whether `cert`'s chain ends in a gatehouse internal CA root (this one or another
 /// data directory's): such a certificate is never a publicly trusted one.
-pub(crate) fn from_some_internal_ca(cert: &crate::LoadedCert) -> bool {
+pub fn from_some_internal_ca(cert: &crate::LoadedCert) -> bool {
     let Some(last) = cert.key.cert.last() else {
         return false;
     };

@@ -31,7 +31,7 @@ pub use acme::{AcmeClient, AcmeConfig, ChallengeKind, ExternalAccount};
 pub use challenges::{ACME_TLS_ALPN, Challenges, HTTP01_PREFIX};
 pub use error::TlsError;
 pub use files::{FileCertWatcher, load_pem_files};
-pub use internal_ca::{InternalCa, TrustInfo, trust_instructions};
+pub use internal_ca::{InternalCa, TrustInfo, from_some_internal_ca, trust_instructions};
 pub use manager::{CertEvent, CertManager, Issuer, ManagedCert, ManagerConfig, OnDemand};
 pub use on_demand::{OnDemandConfig, OnDemandError, OnDemandPolicy};
 pub use pem::{CertPem, LoadedCert, Validity, parse_chain, parse_key, validity};

@@ -8,7 +8,7 @@
 //! Pebble validates HTTP-01 on port 5002 and TLS-ALPN-01 on port 5001 of 127.0.0.1
 //! (challtestsrv answers every DNS query with 127.0.0.1), and listens on 14000 (ACME),
 //! 15000 (management), 8053 and 8055 (challtestsrv). Those ports are fixed, so everything
-//! that needs them runs in this one test function.
+//! that needs them runs in this one test function, holding `gatehouse_testkit::pebble::lock()`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -42,27 +42,7 @@ impl Drop for Child {
 
 /// The pebble and challtestsrv binaries, or `None` (test skipped).
 fn binaries() -> Option<(PathBuf, PathBuf)> {
-    let value = match std::env::var("GATEHOUSE_TEST_PEBBLE") {
-        Ok(v) if !v.is_empty() => v,
-        _ => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("CI=true but GATEHOUSE_TEST_PEBBLE is not set");
-            }
-            println!("skipped: set GATEHOUSE_TEST_PEBBLE=1 (pebble in PATH) or to the pebble binary's path");
-            return None;
-        }
-    };
-    if value == "1" || value == "true" {
-        return Some(("pebble".into(), "pebble-challtestsrv".into()));
-    }
-    let pebble = PathBuf::from(value);
-    let beside = pebble.with_file_name("pebble-challtestsrv");
-    let challtestsrv = if beside.is_file() {
-        beside
-    } else {
-        "pebble-challtestsrv".into()
-    };
-    Some((pebble, challtestsrv))
+    gatehouse_testkit::pebble::binaries()
 }
 
 fn spawn(program: &Path, args: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
@@ -143,6 +123,8 @@ async fn pebble_issues_with_http01_and_tls_alpn01() {
     let Some((pebble_bin, challtestsrv_bin)) = binaries() else {
         return;
     };
+    // The ports are fixed: one Pebble test at a time on this machine (see crates/gatehouse/tests/https.rs).
+    let _lock = gatehouse_testkit::pebble::lock();
     let dir = TempDir::new("tls-pebble");
 
     // Pebble's own HTTPS certificate.

@@ -1,0 +1,291 @@
+//! HTTPS on the edge: TLS handshakes on the HTTPS listeners, and the per-site
+//! HTTPS rules of the request path (ACME HTTP-01 answers, redirects to
+//! `https://`, HSTS, the Host/SNI check).
+//!
+//! Certificates are not chosen here: the rustls config comes from
+//! `gatehouse_tls::server_config`, whose resolver the binary keeps filled.
+//!
+//! A TLS connection's life: accept → handshake (bounded by `limits.header_timeout`;
+//! with on-demand TLS the ClientHello is read first, so a certificate can be
+//! obtained for its name) → a validation handshake for ACME TLS-ALPN-01 is closed
+//! at once → HTTP/2 if ALPN chose `h2`, else HTTP/1.1 → `Worker::handle`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use gatehouse_config::{Config, SniMismatch};
+use gatehouse_tls::{ACME_TLS_ALPN, CertManager, CertResolver, Challenges, HTTP01_PREFIX};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::server::Acceptor;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
+
+use crate::EdgeError;
+use crate::body::ResponseBody;
+use crate::forwarding::PeerInfo;
+use crate::handler::{ConnCtx, Worker, local_error};
+use crate::router::Router;
+
+/// What the edge needs to serve HTTPS: the rustls config (with the certificate
+/// resolver), the ACME challenge answers, and optionally the certificate manager
+/// for on-demand certificates. Built by the binary, handed to
+/// [`BoundServer::with_tls`](crate::BoundServer::with_tls).
+#[derive(Clone)]
+pub struct TlsRuntime {
+    config: Arc<ServerConfig>,
+    challenges: Arc<Challenges>,
+    on_demand: Option<Arc<CertManager>>,
+}
+
+impl std::fmt::Debug for TlsRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsRuntime")
+            .field("on_demand", &self.on_demand.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsRuntime {
+    /// TLS for the HTTPS listeners with certificates from `resolver`, answering
+    /// ACME HTTP-01 challenges from `challenges` on the plain-HTTP listeners.
+    pub fn new(resolver: Arc<CertResolver>, challenges: Arc<Challenges>) -> Result<Self, EdgeError> {
+        let config = gatehouse_tls::server_config(resolver).map_err(EdgeError::Tls)?;
+        Ok(Self {
+            config: Arc::new(config),
+            challenges,
+            on_demand: None,
+        })
+    }
+
+    /// Obtains certificates for unknown names at their first handshake, as the
+    /// manager's on-demand policy allows.
+    pub fn with_on_demand(mut self, manager: Arc<CertManager>) -> Self {
+        self.on_demand = Some(manager);
+        self
+    }
+
+    /// The challenge answers for the plain-HTTP listeners.
+    pub(crate) fn challenges(&self) -> &Arc<Challenges> {
+        &self.challenges
+    }
+}
+
+/// One worker's TLS acceptor.
+pub(crate) struct WorkerTls {
+    runtime: TlsRuntime,
+    acceptor: TlsAcceptor,
+}
+
+/// A TCP connection accepted on an HTTPS listener.
+pub(crate) struct Accepted {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: SocketAddr,
+    pub(crate) peer_info: PeerInfo,
+}
+
+impl WorkerTls {
+    pub(crate) fn new(runtime: TlsRuntime) -> Self {
+        Self {
+            acceptor: TlsAcceptor::from(runtime.config.clone()),
+            runtime,
+        }
+    }
+
+    /// The handshake; with on-demand TLS, first reads the ClientHello and lets the
+    /// manager obtain a certificate for a name it has none for.
+    async fn handshake(&self, stream: TcpStream) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+        let Some(manager) = &self.runtime.on_demand else {
+            return self.acceptor.accept(stream).await;
+        };
+        let start = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
+        let hello = start.client_hello();
+        // A TLS-ALPN-01 validation is answered by the resolver, never ordered.
+        let validation = hello.alpn().is_some_and(|mut a| a.any(|p| p == ACME_TLS_ALPN));
+        if let (Some(name), false) = (hello.server_name().map(str::to_owned), validation) {
+            if let Err(e) = manager.ensure_on_demand(&name).await {
+                // The handshake then fails for want of a certificate: a clean alert.
+                tracing::debug!(%name, error = %e, "No on-demand certificate.");
+            }
+        }
+        start.into_stream(self.runtime.config.clone()).await
+    }
+}
+
+/// Serves one accepted HTTPS connection until it ends. A failed or slow handshake
+/// is logged at debug level and the connection closed.
+/// The HTTP settings are those of the generation current at accept (one
+/// builder per connection: HTTP/2 only when ALPN chose `h2`, which skips version
+/// sniffing, else HTTP/1.1 only); each request uses the generation current
+/// when it arrives.
+pub(crate) async fn serve_connection(
+    tls: Arc<WorkerTls>,
+    accepted: Accepted,
+    handshake_timeout: Duration,
+    current: Arc<ArcSwap<Worker>>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Accepted {
+        stream,
+        peer,
+        peer_info,
+    } = accepted;
+    let handshake = tokio::select! {
+        hs = tokio::time::timeout(handshake_timeout, tls.handshake(stream)) => hs,
+        _ = stop.wait_for(|stop| *stop) => return,
+    };
+    let stream = match handshake {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed.");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, timeout = ?handshake_timeout, "TLS handshake timed out.");
+            return;
+        }
+    };
+    let session = stream.get_ref().1;
+    let alpn = session.alpn_protocol();
+    if alpn == Some(ACME_TLS_ALPN) {
+        // A TLS-ALPN-01 validation: the handshake was the whole exchange.
+        return;
+    }
+    let builder = if alpn == Some(b"h2") {
+        (*builder).clone().http2_only()
+    } else {
+        (*builder).clone().http1_only()
+    };
+    let sni = session
+        .server_name()
+        .map(|s| s.trim_end_matches('.').to_ascii_lowercase().into());
+    let conn = Arc::new(ConnCtx::new(peer_info, "https").with_sni(sni));
+    let service = service_fn(move |req| {
+        let worker = current.load_full();
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(worker.handle(&conn, req).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(%peer, error = %e, "Client connection ended with an error.");
+    }
+}
+
+/// The HTTPS rules of each site, indexed like `Config::sites`.
+#[derive(Default)]
+pub(crate) struct SitesTls {
+    /// False without a TLS runtime: then nothing here applies.
+    active: bool,
+    sites: Vec<SiteRules>,
+    /// The port `https://` redirects name (omitted when 443).
+    https_port: Option<u16>,
+    sni_mismatch: SniMismatch,
+    challenges: Option<Arc<Challenges>>,
+}
+
+struct SiteRules {
+    redirect: bool,
+    hsts: Option<HeaderValue>,
+}
+
+impl SitesTls {
+    pub(crate) fn new(config: &Config, https_port: Option<u16>, runtime: Option<&TlsRuntime>) -> Self {
+        let sites = config
+            .sites
+            .iter()
+            .map(|s| SiteRules {
+                redirect: s.redirect_https && https_port.is_some(),
+                hsts: s
+                    .hsts
+                    .and_then(|age| HeaderValue::from_str(&format!("max-age={}", age.as_secs())).ok()),
+            })
+            .collect();
+        Self {
+            active: runtime.is_some(),
+            sites,
+            https_port,
+            sni_mismatch: config.tls.sni_mismatch,
+            challenges: runtime.map(|r| r.challenges().clone()),
+        }
+    }
+
+    /// Runs before routing. On plain HTTP: answers ACME HTTP-01 challenges and
+    /// redirects TLS sites to `https://` (never a challenge path). On HTTPS:
+    /// refuses a Host that differs from the SNI name with 421, and sets `hsts` to
+    /// the site's `Strict-Transport-Security` value. `Some` is the response to send.
+    pub(crate) fn before_routing<B>(
+        &self,
+        router: &Router,
+        conn: &ConnCtx,
+        host: Option<&str>,
+        req: &Request<B>,
+        request_id: &HeaderValue,
+        hsts: &mut Option<HeaderValue>,
+    ) -> Option<Response<ResponseBody>> {
+        if !self.active {
+            return None;
+        }
+        let site = router.site(host).and_then(|i| self.sites.get(i));
+        if conn.proto == "http" {
+            let path = req.uri().path();
+            if path.starts_with(HTTP01_PREFIX) {
+                if let Some(answer) = self.challenges.as_ref().and_then(|c| c.http01_response(path)) {
+                    let mut resp = Response::new(ResponseBody::full(answer));
+                    resp.headers_mut()
+                        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    return Some(resp);
+                }
+                return None;
+            }
+            if let (Some(site), Some(host)) = (site, host) {
+                if site.redirect {
+                    return Some(self.redirect(host, req, request_id));
+                }
+            }
+            return None;
+        }
+        if self.sni_mismatch == SniMismatch::Refuse {
+            if let (Some(sni), Some(host)) = (conn.sni.as_deref(), host) {
+                if sni != host {
+                    return Some(local_error(
+                        StatusCode::MISDIRECTED_REQUEST,
+                        "the Host header does not match the TLS server name",
+                        request_id,
+                    ));
+                }
+            }
+        }
+        *hsts = site.and_then(|s| s.hsts.clone());
+        None
+    }
+
+    /// 308 to the same host, path and query over HTTPS.
+    fn redirect<B>(&self, host: &str, req: &Request<B>, request_id: &HeaderValue) -> Response<ResponseBody> {
+        let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let location = match self.https_port {
+            Some(443) | None => format!("https://{host}{pq}"),
+            Some(port) => format!("https://{host}:{port}{pq}"),
+        };
+        match HeaderValue::from_str(&location) {
+            Ok(v) => {
+                let mut resp = Response::new(ResponseBody::empty());
+                *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+                resp.headers_mut().insert(header::LOCATION, v);
+                resp
+            }
+            Err(_) => local_error(StatusCode::BAD_REQUEST, "cannot build redirect location", request_id),
+        }
+    }
+}

@@ -1,0 +1,495 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! HTTPS through the real binary over real sockets: the internal CA checked by curl
+//! and rustls, HTTP/2 over TLS, SNI among files-mode sites, the Host/SNI check,
+//! redirects and HSTS, old TLS versions refused, on-demand refusals, and real ACME
+//! issuance against Pebble (`GATEHOUSE_TEST_PEBBLE`; skipped without it unless
+//! `CI=true`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gatehouse_testkit::process::{Process, TempDir};
+use http::{HeaderMap, Request, StatusCode, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+/// The binary, serving `toml`; returns it with its HTTP and HTTPS addresses.
+fn serve(toml: &str) -> (Process, SocketAddr, SocketAddr) {
+    let process = Process::serve(Path::new(BIN), toml);
+    let line = process
+        .stdout
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no https line");
+    let port: u16 = line
+        .strip_suffix('/')
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected line: {line}"));
+    assert!(line.contains("https://"), "{line}");
+    let http = process.addr;
+    (process, http, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn client_config(root_pem: &str, alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(root_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn connect(addr: SocketAddr, sni: &str, config: Arc<ClientConfig>) -> std::io::Result<Tls> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from(sni.to_owned()).unwrap();
+    TlsConnector::from(config).connect(name, tcp).await
+}
+
+/// Retries the handshake until the certificate is served (issuance is a background task).
+async fn wait_for_cert(addr: SocketAddr, sni: &str, config: Arc<ClientConfig>, limit: Duration) -> Tls {
+    let deadline = Instant::now() + limit;
+    loop {
+        match connect(addr, sni, config.clone()).await {
+            Ok(tls) => return tls,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "no certificate for {sni} within {limit:?}: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    body: String,
+}
+
+/// One GET over `tls`, with HTTP/2 when ALPN chose `h2`.
+async fn get(tls: Tls, host: &str, path: &str) -> Reply {
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(tls);
+    let resp = if h2 {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(format!("https://{host}{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        sender.send_request(req).await.unwrap()
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header("host", host)
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        sender.send_request(req).await.unwrap()
+    };
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply {
+        status: parts.status,
+        version: parts.version,
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// GET over plain HTTP with a Host header.
+async fn get_http(addr: SocketAddr, host: &str, path: &str) -> gatehouse_testkit::client::Reply {
+    gatehouse_testkit::client::get(&format!("http://{addr}{path}"), &[("host", host)]).await
+}
+
+fn leaf_names(tls: &Tls) -> Vec<String> {
+    let leaf = &tls.get_ref().1.peer_certificates().unwrap()[0];
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
+    let mut out = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(n) = name {
+                out.push((*n).to_owned());
+            }
+        }
+    }
+    out
+}
+
+const INTERNAL: &str = r#"
+[server]
+http = ["127.0.0.1:0"]
+https = ["127.0.0.1:0"]
+workers = 2
+data_dir = "DATA"
+
+[log]
+access_log = "off"
+
+[[site]]
+hosts = ["localhost"]
+[[site.route]]
+path = "/"
+respond = { body = "hello over tls" }
+
+[[site]]
+hosts = ["other.localhost"]
+[[site.route]]
+path = "/"
+respond = { body = "other" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_ca_serves_localhost_to_curl_and_rustls_with_h2() {
+    let dir = TempDir::new("gh-https-internal");
+    let data = dir.0.join("data");
+    let (_gh, http, https) = serve(&INTERNAL.replace("DATA", data.to_str().unwrap()));
+    let root_path = data.join("certs/ca/root.pem");
+    let root = std::fs::read_to_string(&root_path).unwrap();
+
+    // rustls, HTTP/1.1 and HTTP/2 by ALPN.
+    let h1 = client_config(&root, &[b"http/1.1"]);
+    let tls = wait_for_cert(https, "localhost", h1.clone(), Duration::from_secs(15)).await;
+    assert_eq!(leaf_names(&tls), vec!["localhost".to_owned()]);
+    let reply = get(tls, "localhost", "/").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.version, Version::HTTP_11);
+    assert_eq!(reply.body, "hello over tls");
+    assert!(
+        reply.headers.get("strict-transport-security").is_none(),
+        "no HSTS for internal sites"
+    );
+    let h2 = client_config(&root, &[b"h2", b"http/1.1"]);
+    let tls = connect(https, "localhost", h2.clone()).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let reply = get(tls, "localhost", "/").await;
+    assert_eq!((reply.status, reply.version), (StatusCode::OK, Version::HTTP_2));
+    assert_eq!(reply.body, "hello over tls");
+
+    // curl trusting only the internal root.
+    let out = Command::new("curl")
+        .args(["-sS", "--http2", "-w", "\n%{http_version}", "--cacert"])
+        .arg(&root_path)
+        .args(["--resolve", &format!("localhost:{}:127.0.0.1", https.port())])
+        .arg(format!("https://localhost:{}/", https.port()))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout, "hello over tls\n2");
+
+    // Host/SNI mismatch: 421, even though the Host names a configured site.
+    let tls = wait_for_cert(https, "other.localhost", h1.clone(), Duration::from_secs(15)).await;
+    assert_eq!(get(tls, "other.localhost", "/").await.body, "other");
+    let tls = connect(https, "localhost", h1.clone()).await.unwrap();
+    let reply = get(tls, "other.localhost", "/").await;
+    assert_eq!(reply.status, StatusCode::MISDIRECTED_REQUEST, "{}", reply.body);
+
+    // Plain HTTP of a TLS site: 308 to https, path and query kept; challenge paths not.
+    let reply = get_http(http, "localhost", "/a/b?x=1&y=2").await;
+    assert_eq!(reply.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        reply.header("location"),
+        format!("https://localhost:{}/a/b?x=1&y=2", https.port())
+    );
+    let reply = get_http(http, "localhost", "/.well-known/acme-challenge/unknown-token").await;
+    assert_eq!(reply.status, StatusCode::OK, "not redirected, routed as usual");
+    assert_eq!(reply.text(), "hello over tls");
+
+    // TLS 1.0 and 1.1 are refused by the server.
+    let connect_to = format!("127.0.0.1:{}", https.port());
+    for old in ["-tls1", "-tls1_1"] {
+        // SECLEVEL=0 lets OpenSSL 3 offer the old versions at all, so a refusal is the server's.
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &connect_to, "-servername", "localhost", old])
+            .args(["-cipher", "DEFAULT:@SECLEVEL=0"])
+            .stdin(std::process::Stdio::null())
+            .output();
+        let Ok(out) = out else {
+            println!("skipped: openssl is not installed; TLS 1.0/1.1 refusal not checked");
+            break;
+        };
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if text.contains("unknown option") || text.contains("no protocols available") {
+            println!("skipped: this openssl cannot offer {old}");
+            continue;
+        }
+        assert!(
+            !out.status.success() && text.contains(" alert "),
+            "{old} was not refused: {text}"
+        );
+    }
+}
+
+/// A self-signed certificate for `name`, written as NAME.pem and NAME.key.
+fn make_cert(dir: &Path, name: &str) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    cert.pem()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_mode_picks_the_certificate_by_sni_with_hsts() {
+    let dir = TempDir::new("gh-https-files");
+    let a = make_cert(&dir.0, "a.example.com");
+    let b = make_cert(&dir.0, "b.example.com");
+    let d = dir.0.display();
+    let toml = format!(
+        r#"
+[server]
+http = ["127.0.0.1:0"]
+https = ["127.0.0.1:0"]
+workers = 1
+data_dir = "{d}/data"
+[log]
+access_log = "off"
+
+[[site]]
+hosts = ["a.example.com"]
+tls = {{ cert = "{d}/a.example.com.pem", key = "{d}/a.example.com.key" }}
+route = [{{ path = "/", respond = {{ body = "site a" }} }}]
+
+[[site]]
+hosts = ["b.example.com"]
+tls = {{ cert = "{d}/b.example.com.pem", key = "{d}/b.example.com.key" }}
+hsts = "30d"
+route = [{{ path = "/", respond = {{ body = "site b" }} }}]
+"#
+    );
+    let (_gh, http, https) = serve(&toml);
+    let both = format!("{a}{b}");
+    let config = client_config(&both, &[b"h2", b"http/1.1"]);
+
+    let tls = connect(https, "a.example.com", config.clone()).await.unwrap();
+    assert_eq!(leaf_names(&tls), vec!["a.example.com".to_owned()]);
+    let reply = get(tls, "a.example.com", "/").await;
+    assert_eq!(reply.body, "site a");
+    assert_eq!(reply.headers["strict-transport-security"], "max-age=31536000");
+
+    let tls = connect(https, "b.example.com", config.clone()).await.unwrap();
+    assert_eq!(leaf_names(&tls), vec!["b.example.com".to_owned()]);
+    let reply = get(tls, "b.example.com", "/").await;
+    assert_eq!(reply.body, "site b");
+    assert_eq!(reply.headers["strict-transport-security"], "max-age=2592000");
+
+    // A name without a certificate gets a handshake failure, not another site's.
+    assert!(connect(https, "c.example.com", config.clone()).await.is_err());
+
+    let reply = get_http(http, "b.example.com", "/x?y").await;
+    assert_eq!(reply.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        reply.header("location"),
+        format!("https://b.example.com:{}/x?y", https.port())
+    );
+    assert!(
+        reply.headers.get("strict-transport-security").is_none(),
+        "HSTS only over HTTPS"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_refuses_names_not_allowed() {
+    let dir = TempDir::new("gh-https-ondemand");
+    let d = dir.0.display();
+    // The CA is unreachable: a name that got past the policy would fail at the order,
+    // which this test must never reach.
+    let toml = format!(
+        r#"
+[server]
+http = ["127.0.0.1:0"]
+https = ["127.0.0.1:0"]
+workers = 1
+data_dir = "{d}/data"
+acme_email = "ops@example.com"
+[log]
+access_log = "off"
+[acme]
+directory = "https://127.0.0.1:9/dir"
+[tls.on_demand]
+allow = ["*.customers.example.com"]
+
+[[site]]
+default = true
+route = [{{ path = "/", respond = {{ body = "default" }} }}]
+"#
+    );
+    let (_gh, _http, https) = serve(&toml);
+    let config = client_config("", &[b"http/1.1"]);
+    let start = Instant::now();
+    for name in ["evil.example.com", "a.b.customers.example.com", "customers.example.com"] {
+        let err = connect(https, name, config.clone()).await.expect_err(name).to_string();
+        assert!(err.contains("alert") || err.contains("Alert"), "{name}: {err}");
+    }
+    assert!(start.elapsed() < Duration::from_secs(5), "refusals are immediate");
+    assert!(
+        !dir.0.join("data/certs/accounts").exists(),
+        "no ACME account was created for a refused name"
+    );
+}
+
+/// Real issuance through the binary: HTTP-01 on 127.0.0.1:5002, then TLS-ALPN-01 on
+/// 127.0.0.1:5001, each served certificate chaining to Pebble's root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pebble_issues_for_the_binary_with_http01_and_tls_alpn01() {
+    let Some((pebble_bin, challtestsrv_bin)) = gatehouse_testkit::pebble::binaries() else {
+        return;
+    };
+    let _lock = gatehouse_testkit::pebble::lock();
+    let dir = TempDir::new("gh-https-pebble");
+
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let pebble_cert = params.self_signed(&key).unwrap();
+    let cert_path = dir.0.join("pebble-cert.pem");
+    std::fs::write(&cert_path, pebble_cert.pem()).unwrap();
+    std::fs::write(dir.0.join("pebble-key.pem"), key.serialize_pem()).unwrap();
+    let config = serde_json::json!({"pebble": {
+        "listenAddress": "127.0.0.1:14000",
+        "managementListenAddress": "127.0.0.1:15000",
+        "certificate": cert_path,
+        "privateKey": dir.0.join("pebble-key.pem"),
+        "httpPort": 5002,
+        "tlsPort": 5001,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": false,
+    }});
+    let config_path = dir.0.join("pebble.json");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let spawn = |program: &Path, args: &[&str], env: &[(&str, &str)], log: &str| {
+        let out = std::fs::File::create(dir.0.join(log)).unwrap();
+        let child = Command::new(program)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        KillOnDrop(child)
+    };
+    let _challtestsrv = spawn(
+        &challtestsrv_bin,
+        &[
+            "-defaultIPv4",
+            "127.0.0.1",
+            "-defaultIPv6",
+            "",
+            "-dns01",
+            "127.0.0.1:8053",
+            "-http01",
+            "",
+            "-tlsalpn01",
+            "",
+            "-https01",
+            "",
+            "-management",
+            "127.0.0.1:8055",
+        ],
+        &[],
+        "challtestsrv.log",
+    );
+    let _pebble = spawn(
+        &pebble_bin,
+        &["-config", config_path.to_str().unwrap(), "-dnsserver", "127.0.0.1:8053"],
+        &[("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_WFE_NONCEREJECT", "0")],
+        "pebble.log",
+    );
+    for port in [8055, 14000, 15000] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "nothing listens on port {port}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Pebble's issuing root.
+    let tls = connect(
+        "127.0.0.1:15000".parse().unwrap(),
+        "localhost",
+        client_config(&pebble_cert.pem(), &[b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    let root = get(tls, "localhost", "/roots/0").await.body;
+    assert!(root.contains("BEGIN CERTIFICATE"), "{root}");
+    let client = client_config(&root, &[b"http/1.1"]);
+
+    for (challenge, name) in [
+        ("http-01", "http01.gatehouse.example"),
+        ("tls-alpn-01", "alpn.gatehouse.example"),
+    ] {
+        let toml = format!(
+            r#"
+[server]
+http = ["127.0.0.1:5002"]
+https = ["127.0.0.1:5001"]
+workers = 1
+data_dir = "{d}/data"
+acme_email = "ops@gatehouse.example"
+[log]
+access_log = "off"
+[acme]
+directory = "https://127.0.0.1:14000/dir"
+ca_root = "{cert}"
+challenge = "{challenge}"
+
+[[site]]
+hosts = ["{name}"]
+route = [{{ path = "/", respond = {{ body = "issued" }} }}]
+"#,
+            d = dir.0.display(),
+            cert = cert_path.display(),
+        );
+        let (_gh, http, https) = serve(&toml);
+        let tls = wait_for_cert(https, name, client.clone(), Duration::from_secs(90)).await;
+        assert_eq!(leaf_names(&tls), vec![name.to_owned()], "{challenge}");
+        let reply = get(tls, name, "/").await;
+        assert_eq!(reply.body, "issued");
+        assert_eq!(reply.headers["strict-transport-security"], "max-age=31536000");
+        assert_eq!(get_http(http, name, "/").await.status, StatusCode::PERMANENT_REDIRECT);
+        assert!(dir.0.join(format!("data/certs/sites/{name}/key.pem")).is_file());
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
