@@ -193,7 +193,7 @@ pub fn cipher_suites() -> Vec<SupportedCipherSuite> {
 
 /// The rustls configuration for HTTPS listeners.
 ///
-/// TLS 1.3 and 1.2 only, the suites of [`cipher_suites`], ALPN `h2`, `http/1.1` (and
+/// TLS 1.3 and 1.2 only, the suites of [`cipher_suites`] in the server's order, ALPN `h2`, `http/1.1` (and
 /// `acme-tls/1`, which only a validation handshake can select: the resolver answers it
 /// with a challenge certificate or not at all), resumption by tickets (rotating keys,
 /// shared by every connection using this config) and by session ID ([`SESSION_CACHE_SIZE`]).
@@ -212,6 +212,9 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<ServerConfig, TlsErr
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
+    // Every suite offered is strong, but the server's order (AES-256 first) is the
+    // policy: a client listing a weaker preference first does not get to pick it.
+    config.ignore_client_order = true;
     config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
     config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|source| TlsError::Rustls {
         what: "TLS session ticketer".into(),
