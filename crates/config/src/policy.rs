@@ -51,11 +51,17 @@ mod defaults {
 /// hyper's smallest read buffer: a head limit below it cannot be enforced.
 const MIN_HEADER_SIZE: u64 = 8192;
 
-fn invalid(span: Option<std::ops::Range<usize>>, key: impl Into<String>, msg: impl Into<String>) -> RawError {
+/// A config error at `span` (shared by the policy and TLS keys).
+pub(crate) fn invalid(
+    span: Option<std::ops::Range<usize>>,
+    key: impl Into<String>,
+    msg: impl Into<String>,
+) -> RawError {
     RawError::invalid(span.map(|s| s.start), key, msg)
 }
 
-fn duration(v: Option<&Spanned<String>>, key: &str, default: Duration) -> Result<Duration, RawError> {
+/// An optional duration greater than zero, or `default`.
+pub(crate) fn duration(v: Option<&Spanned<String>>, key: &str, default: Duration) -> Result<Duration, RawError> {
     match v {
         None => Ok(default),
         Some(s) => {

@@ -33,22 +33,7 @@ pub(crate) mod defaults {
     pub(crate) const ON_DEMAND_WINDOW: Duration = Duration::from_secs(3600);
 }
 
-fn invalid(span: Option<std::ops::Range<usize>>, key: impl Into<String>, msg: impl Into<String>) -> RawError {
-    RawError::invalid(span.map(|s| s.start), key, msg)
-}
-
-fn duration(v: Option<&Spanned<String>>, key: &str, default: Duration) -> Result<Duration, RawError> {
-    match v {
-        None => Ok(default),
-        Some(s) => {
-            let d = units::duration(s.get_ref()).map_err(|m| invalid(Some(s.span()), key, m))?;
-            if d.is_zero() {
-                return Err(invalid(Some(s.span()), key, "must be greater than zero"));
-            }
-            Ok(d)
-        }
-    }
-}
+use crate::policy::{duration, invalid};
 
 /// `server.https`: listen addresses, none of them shared with `server.http`.
 pub(crate) fn convert_https(
