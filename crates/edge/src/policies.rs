@@ -195,7 +195,9 @@ pub(crate) fn hygiene<B>(req: &Request<B>) -> Result<(), &'static str> {
     let headers = req.headers();
     if matches!(req.version(), Version::HTTP_10 | Version::HTTP_11) {
         // RFC 9112 §6.1: a request with both is a smuggling attempt or a broken
-        // client; forwarding it lets two parsers disagree on where it ends.
+        // client. hyper's HTTP/1 parser already drops the length (and closes the
+        // connection after the response), so this only catches a request that
+        // reaches the handler some other way with both still set.
         if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
             return Err("both Content-Length and Transfer-Encoding");
         }

@@ -404,29 +404,19 @@ async fn pebble_issues_for_the_binary_with_http01_and_tls_alpn01() {
     };
     let _challtestsrv = spawn(
         &challtestsrv_bin,
-        &[
-            "-defaultIPv4",
-            "127.0.0.1",
-            "-defaultIPv6",
-            "",
-            "-dns01",
-            "127.0.0.1:8053",
-            "-http01",
-            "",
-            "-tlsalpn01",
-            "",
-            "-https01",
-            "",
-            "-management",
-            "127.0.0.1:8055",
-        ],
+        gatehouse_testkit::pebble::CHALLTESTSRV_ARGS,
         &[],
         "challtestsrv.log",
     );
     let _pebble = spawn(
         &pebble_bin,
-        &["-config", config_path.to_str().unwrap(), "-dnsserver", "127.0.0.1:8053"],
-        &[("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_WFE_NONCEREJECT", "0")],
+        &[
+            "-config",
+            config_path.to_str().unwrap(),
+            "-dnsserver",
+            gatehouse_testkit::pebble::DNS_SERVER,
+        ],
+        gatehouse_testkit::pebble::PEBBLE_ENV,
         "pebble.log",
     );
     for port in [8055, 14000, 15000] {

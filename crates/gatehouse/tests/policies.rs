@@ -55,6 +55,13 @@ fn app_config(upstream: SocketAddr, p: Parts<'_>) -> String {
     )
 }
 
+/// A server whose only route answers 200 `ok`, with these `[limits]` keys.
+fn respond_ok(limits: &str) -> String {
+    format!(
+        "[limits]\n{limits}\n[[site]]\ndefault = true\n  [[site.route]]\n  path = \"/\"\n  respond = {{ body = \"ok\" }}\n"
+    )
+}
+
 #[tokio::test]
 async fn rate_limit_answers_429_with_headers_and_recovers() {
     let app = Upstream::echo().await;
@@ -526,17 +533,11 @@ body_min_rate = "100B"
 
 #[tokio::test]
 async fn slow_request_head_gets_408_and_idle_connections_close() {
-    let gh = Gatehouse::start(
+    let gh = Gatehouse::start(&respond_ok(
         r#"
-[limits]
 header_timeout = "300ms"
-[[site]]
-default = true
-  [[site.route]]
-  path = "/"
-  respond = { body = "ok" }
 "#,
-    );
+    ));
     let started = Instant::now();
     let partial = raw(gh.addr, b"GET / HTTP/1.1\r\nhost: a").await;
     assert!(partial.starts_with("HTTP/1.1 408"), "{partial:?}");
@@ -563,18 +564,12 @@ default = true
 
 #[tokio::test]
 async fn oversized_heads_get_431() {
-    let gh = Gatehouse::start(
+    let gh = Gatehouse::start(&respond_ok(
         r#"
-[limits]
 max_header_size = "8KiB"
 max_headers = 20
-[[site]]
-default = true
-  [[site.route]]
-  path = "/"
-  respond = { body = "ok" }
 "#,
-    );
+    ));
     let mut many = String::from("GET / HTTP/1.1\r\nhost: a\r\n");
     for i in 0..30 {
         many.push_str(&format!("x-h{i}: v\r\n"));
@@ -640,17 +635,11 @@ async fn smuggling_attempts_are_refused() {
 
 #[tokio::test]
 async fn connections_per_client_address_are_bounded() {
-    let gh = Gatehouse::start(
+    let gh = Gatehouse::start(&respond_ok(
         r#"
-[limits]
 max_connections_per_ip = 2
-[[site]]
-default = true
-  [[site.route]]
-  path = "/"
-  respond = { body = "ok" }
 "#,
-    );
+    ));
     let a = TcpStream::connect(gh.addr).await.unwrap();
     let b = TcpStream::connect(gh.addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -665,17 +654,11 @@ default = true
 
 #[tokio::test]
 async fn keep_alive_connections_are_recycled_after_keepalive_requests() {
-    let gh = Gatehouse::start(
+    let gh = Gatehouse::start(&respond_ok(
         r#"
-[limits]
 keepalive_requests = 2
-[[site]]
-default = true
-  [[site.route]]
-  path = "/"
-  respond = { body = "ok" }
 "#,
-    );
+    ));
     let resp = raw(
         gh.addr,
         b"GET / HTTP/1.1\r\nhost: a\r\n\r\nGET / HTTP/1.1\r\nhost: a\r\n\r\nGET / HTTP/1.1\r\nhost: a\r\n\r\n",
@@ -705,17 +688,11 @@ async fn p99(url: &str, n: usize) -> Duration {
 
 #[tokio::test]
 async fn slowloris_is_bounded_and_normal_clients_keep_their_latency() {
-    let gh = Gatehouse::start(
+    let gh = Gatehouse::start(&respond_ok(
         r#"
-[limits]
 header_timeout = "1500ms"
-[[site]]
-default = true
-  [[site.route]]
-  path = "/"
-  respond = { body = "ok" }
 "#,
-    );
+    ));
     let url = gh.url("/");
     let quiet = p99(&url, 300).await;
     // 300 clients, each sending its head one byte every 50 ms.

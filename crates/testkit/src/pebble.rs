@@ -8,6 +8,31 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// Arguments of `pebble-challtestsrv` as the tests run it: every name resolves
+/// to 127.0.0.1, and only its DNS server and management API listen (gatehouse
+/// itself answers the challenges).
+pub const CHALLTESTSRV_ARGS: &[&str] = &[
+    "-defaultIPv4",
+    "127.0.0.1",
+    "-defaultIPv6",
+    "",
+    "-dns01",
+    DNS_SERVER,
+    "-http01",
+    "",
+    "-tlsalpn01",
+    "",
+    "-https01",
+    "",
+    "-management",
+    "127.0.0.1:8055",
+];
+/// The DNS server (challtestsrv's) that `pebble -dnsserver` is pointed at.
+pub const DNS_SERVER: &str = "127.0.0.1:8053";
+/// Environment of `pebble` in tests: no sleeps before validation, no nonces
+/// rejected on purpose.
+pub const PEBBLE_ENV: &[(&str, &str)] = &[("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_WFE_NONCEREJECT", "0")];
+
 /// The lock directory: created atomically by whoever holds the lock.
 pub const LOCK_DIR: &str = "/tmp/gatehouse-pebble.lock";
 /// Longest wait for another Pebble test to finish.

@@ -153,31 +153,20 @@ async fn pebble_issues_with_http01_and_tls_alpn01() {
     let start_pebble = |config: &Path| {
         spawn(
             &pebble_bin,
-            &["-config", config.to_str().unwrap(), "-dnsserver", "127.0.0.1:8053"],
-            // No sleeps before validation; no artificially rejected nonces.
-            &[("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_WFE_NONCEREJECT", "0")],
+            &[
+                "-config",
+                config.to_str().unwrap(),
+                "-dnsserver",
+                gatehouse_testkit::pebble::DNS_SERVER,
+            ],
+            gatehouse_testkit::pebble::PEBBLE_ENV,
             &dir.0.join("pebble.log"),
         )
     };
 
     let _challtestsrv = spawn(
         &challtestsrv_bin,
-        &[
-            "-defaultIPv4",
-            "127.0.0.1",
-            "-defaultIPv6",
-            "",
-            "-dns01",
-            "127.0.0.1:8053",
-            "-http01",
-            "",
-            "-tlsalpn01",
-            "",
-            "-https01",
-            "",
-            "-management",
-            "127.0.0.1:8055",
-        ],
+        gatehouse_testkit::pebble::CHALLTESTSRV_ARGS,
         &[],
         &dir.0.join("challtestsrv.log"),
     );
