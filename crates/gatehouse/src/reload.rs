@@ -157,10 +157,16 @@ pub(crate) fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static 
     changed
 }
 
+/// The config file's modification time, if it can be read.
+pub(crate) fn mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
 /// Polls the config file's modification time and reloads when it changes.
-pub(crate) async fn watch(controller: Controller) {
-    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut last: Option<SystemTime> = mtime(controller.path());
+/// `loaded` is the time read just before the running config was loaded, so a
+/// change made between loading and the first poll is not missed.
+pub(crate) async fn watch(controller: Controller, loaded: Option<SystemTime>) {
+    let mut last = loaded;
     let mut ticker = tokio::time::interval(WATCH_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -17,6 +17,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
     // SIGHUP's default action ends the process; until the control runtime
     // handles it, a reload sent too early is ignored instead.
     ignore_sighup()?;
+    let loaded_mtime = crate::reload::mtime(path);
     let config = Arc::new(gatehouse_config::load(path)?);
     gatehouse_observe::init_tracing(&config.log.level, config.log.format)?;
     let data_dir = &config.server.data_dir;
@@ -90,7 +91,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
         let watcher = config
             .server
             .watch_config
-            .then(|| tokio::spawn(crate::reload::watch(controller.clone())));
+            .then(|| tokio::spawn(crate::reload::watch(controller.clone(), loaded_mtime)));
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .context("cannot listen for SIGHUP")?;
         let signal = loop {
