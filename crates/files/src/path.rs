@@ -189,8 +189,14 @@ pub fn parse_request_path(raw: &str, dotfiles: DotfilesPolicy) -> Result<SafePat
     let mut last_was_dir = true;
     // Skip the leading '/'.
     for seg in raw[1..].split('/') {
-        decode_segment(seg, &mut decoded)?;
-        let seg = std::str::from_utf8(&decoded).map_err(|_| PathRejection::InvalidUtf8)?;
+        // Most segments have no escapes and are used as they are (`raw` is
+        // already UTF-8); the rules below apply to the decoded text either way.
+        let seg = if seg.contains('%') {
+            decode_segment(seg, &mut decoded)?;
+            std::str::from_utf8(&decoded).map_err(|_| PathRejection::InvalidUtf8)?
+        } else {
+            seg
+        };
         if seg.is_empty() || seg == "." {
             last_was_dir = true;
             continue;
@@ -201,7 +207,12 @@ pub fn parse_request_path(raw: &str, dotfiles: DotfilesPolicy) -> Result<SafePat
         if seg.contains(['/', '\\']) {
             return Err(PathRejection::EncodedSeparator);
         }
-        if seg.chars().any(char::is_control) {
+        let control = if seg.is_ascii() {
+            seg.bytes().any(|b| b.is_ascii_control())
+        } else {
+            seg.chars().any(char::is_control)
+        };
+        if control {
             return Err(PathRejection::ControlChar);
         }
         if seg.contains(':') {
