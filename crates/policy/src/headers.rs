@@ -152,24 +152,20 @@ impl SecurityHeaders {
     /// Adds the headers the response lacks (see the module docs for which go on
     /// which responses).
     pub fn apply(&self, resp: &mut HeaderMap) {
-        if self.nosniff && !resp.contains_key(X_CONTENT_TYPE_OPTIONS) {
-            resp.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        // One hash lookup per header: insert only where the response has none.
+        if self.nosniff {
+            resp.entry(X_CONTENT_TYPE_OPTIONS)
+                .or_insert_with(|| HeaderValue::from_static("nosniff"));
         }
         if let Some(v) = &self.referrer {
-            if !resp.contains_key(REFERRER_POLICY) {
-                resp.insert(REFERRER_POLICY, v.clone());
-            }
+            resp.entry(REFERRER_POLICY).or_insert_with(|| v.clone());
         }
         if (self.frame.is_some() || self.csp.is_some()) && is_html(resp) {
             if let Some(v) = &self.frame {
-                if !resp.contains_key(X_FRAME_OPTIONS) {
-                    resp.insert(X_FRAME_OPTIONS, v.clone());
-                }
+                resp.entry(X_FRAME_OPTIONS).or_insert_with(|| v.clone());
             }
             if let Some(v) = &self.csp {
-                if !resp.contains_key(CSP) {
-                    resp.insert(CSP, v.clone());
-                }
+                resp.entry(CSP).or_insert_with(|| v.clone());
             }
         }
     }
