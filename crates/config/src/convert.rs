@@ -1313,5 +1313,6 @@ fn convert_static(st: Spanned<file::StaticFile>, key: &str, base_dir: &Path) -> 
         compress_min_size: opt_size(f.compress_min_size.as_ref(), &format!("{key}.compress_min_size"))?,
         compress_max_size: opt_size(f.compress_max_size.as_ref(), &format!("{key}.compress_max_size"))?,
         max_ranges,
+        sendfile: f.sendfile.unwrap_or(true),
     })
 }

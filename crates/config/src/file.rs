@@ -320,6 +320,8 @@ pub struct StaticFile {
     pub compress_max_size: Option<Spanned<String>>,
     /// Most ranges in one request. Default 16.
     pub max_ranges: Option<Spanned<i64>>,
+    /// Send file contents with sendfile(2) on plain HTTP/1. Default true.
+    pub sendfile: Option<bool>,
 }
 
 /// `[server]`

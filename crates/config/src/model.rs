@@ -328,6 +328,8 @@ pub struct StaticAction {
     pub compress_max_size: Option<u64>,
     /// Most ranges per request.
     pub max_ranges: Option<usize>,
+    /// Zero-copy `sendfile(2)` for file contents on plain HTTP/1 connections.
+    pub sendfile: bool,
 }
 
 /// `[server]`, validated.

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use gatehouse_files::FileBody;
+use bytes::{Buf, Bytes};
+use gatehouse_files::{Chunk, FileBody};
 use gatehouse_observe::{AccessLogSender, AccessRecord};
 use gatehouse_policy::ConcurrencyGuard;
 use http_body::{Body, Frame, SizeHint};
@@ -309,10 +309,10 @@ impl ResponseBody {
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Body for ResponseBody {
-    type Data = Bytes;
+    type Data = Chunk;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Chunk>, BoxError>>> {
         let this = self.project();
         let res = match this.kind.project() {
             KindProj::Upstream {
@@ -332,15 +332,15 @@ impl Body for ResponseBody {
                     }
                     in_flight.take();
                 }
-                res.map_err(Into::into)
+                res.map(|f| f.map(|f| f.map(|f| f.map_data(Chunk::Bytes)).map_err(Into::into)))
             }
-            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(Chunk::Bytes(d))))),
             KindProj::File { body } => body.poll_frame(cx).map_err(Into::into),
         };
         if let (Some(log), Poll::Ready(Some(Ok(frame)))) = (this.log.as_mut(), &res) {
             if let Some(data) = frame.data_ref() {
                 if let Some(record) = log.record.as_mut() {
-                    record.bytes_out += data.len() as u64;
+                    record.bytes_out += data.remaining() as u64;
                 }
             }
         }

@@ -171,6 +171,9 @@ pub(crate) struct ConnCtx {
     pub(crate) requests: AtomicU32,
     /// The TLS server name (SNI) the client asked for, lower-case.
     pub(crate) sni: Option<Box<str>>,
+    /// Plain-HTTP connections: the queue through which static responses send
+    /// file ranges with `sendfile(2)` (HTTP/1 only).
+    pub(crate) sendfile: Option<gatehouse_files::Sendfile>,
 }
 
 impl ConnCtx {
@@ -180,6 +183,7 @@ impl ConnCtx {
             proto,
             requests: AtomicU32::new(0),
             sni: None,
+            sendfile: None,
         }
     }
 
@@ -593,7 +597,13 @@ impl Worker {
                     target.push('?');
                     target.push_str(q);
                 }
-                let resp = files.serve(req.method(), &target, req.headers()).await;
+                let mut resp = files.serve(req.method(), &target, req.headers()).await;
+                if let Some(queue) = &conn.sendfile {
+                    // HTTP/2 frames its data itself; only HTTP/1 writes regions.
+                    if req.version() <= http::Version::HTTP_11 && files.sendfile() {
+                        resp.body_mut().use_sendfile(queue);
+                    }
+                }
                 resp.map(ResponseBody::file)
             }
             _ => local_error(

@@ -25,6 +25,7 @@ mod router;
 mod server;
 mod statics;
 mod tls;
+mod zerocopy;
 
 pub use body::{RequestBody, RequestBodyError, ResponseBody};
 pub use server::{BoundServer, Reloaded, Reloader, RunningServer, TargetStatus, UpstreamStatus, UpstreamsView, bind};

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use gatehouse_config::Config;
+use gatehouse_files::Sendfile;
 use gatehouse_observe::AccessLogSender;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -30,6 +31,7 @@ use crate::generation::{Checker, Generation};
 use crate::handler::{ConnCtx, Shared, Worker};
 use crate::policies::ConnSlot;
 use crate::tls::{TlsRuntime, WorkerTls};
+use crate::zerocopy::ZeroCopyStream;
 
 /// Pending connections the kernel queues per socket; matches common
 /// `net.core.somaxconn` defaults so bursts of new clients are not refused.
@@ -550,7 +552,6 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = ConnCache::new(peer.ip());
         let header_timeout = shared.config.limits.header_timeout;
         let builder = shared.http.clone();
         let peer_info = PeerInfo::new(peer.ip(), &shared.config.server.trusted_proxies);
@@ -573,6 +574,8 @@ async fn accept_loop(
         }
         tokio::spawn(async move {
             let _slot = slot;
+            let sendfile = Sendfile::new();
+            let conn = ConnCache::new(peer.ip(), Some(sendfile.clone()));
             let ready = tokio::select! {
                 ready = first_bytes(&stream, header_timeout) => ready,
                 _ = stopping.wait_for(|stop| *stop) => false,
@@ -591,8 +594,9 @@ async fn accept_loop(
                 let conn = service_conn.get(&worker);
                 async move { Ok::<_, Infallible>(worker.handle(&conn, req).await) }
             });
+            let io = ZeroCopyStream::new(stream, sendfile);
             let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .serve_connection_with_upgrades(TokioIo::new(io), service)
                 .into_owned();
             if let Err(e) = watcher.watch(connection).await {
                 let timed_out = e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
@@ -650,15 +654,18 @@ async fn first_bytes(stream: &tokio::net::TcpStream, timeout: Duration) -> bool 
 /// different configuration (whose `trusted_proxies` may differ).
 struct ConnCache {
     ip: std::net::IpAddr,
+    /// The connection's queue of zero-copy file regions (see [`ZeroCopyStream`]).
+    sendfile: Option<Sendfile>,
     /// The config the context was built for (held, so the comparison by
     /// address is sound), and the context.
     ctx: Mutex<Option<(Arc<Config>, Arc<ConnCtx>)>>,
 }
 
 impl ConnCache {
-    fn new(ip: std::net::IpAddr) -> Arc<Self> {
+    fn new(ip: std::net::IpAddr, sendfile: Option<Sendfile>) -> Arc<Self> {
         Arc::new(Self {
             ip,
+            sendfile,
             ctx: Mutex::new(None),
         })
     }
@@ -679,7 +686,8 @@ impl ConnCache {
         match &*cached {
             Some((c, ctx)) if Arc::ptr_eq(c, config) => ctx.clone(),
             _ => {
-                let ctx = ConnCtx::new(PeerInfo::new(self.ip, &config.server.trusted_proxies), "http");
+                let mut ctx = ConnCtx::new(PeerInfo::new(self.ip, &config.server.trusted_proxies), "http");
+                ctx.sendfile.clone_from(&self.sendfile);
                 // The count of requests belongs to the connection, not to a config.
                 if let Some((_, old)) = &*cached {
                     ctx.requests

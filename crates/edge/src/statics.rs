@@ -53,5 +53,6 @@ pub(crate) fn build(
     if let Some(v) = action.max_ranges {
         opts.max_ranges = v;
     }
+    opts.sendfile = action.sendfile;
     StaticService::new(opts)
 }

@@ -6,9 +6,13 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::task::JoinHandle;
+
+use crate::sendfile::{Chunk, Sendfile};
 
 /// Bytes read from disk per blocking call. 64 KiB matches the kernel's default
 /// readahead and hyper's write buffer, so one chunk is one socket write.
@@ -19,10 +23,10 @@ pub const READ_CHUNK: u64 = 64 * 1024;
 const READ_CHUNK_BULK: u64 = 256 * 1024;
 
 /// A streaming response body: empty, one in-memory buffer, or a sequence of
-/// in-memory parts and file ranges read in chunks on tokio's blocking pool
-/// (used for large files and `multipart/byteranges`). Large files are never
-/// buffered whole. Zero-copy `sendfile` is not possible through hyper's body
-/// API, so files are copied through user space in [`READ_CHUNK`]s.
+/// in-memory parts and file ranges (used for large files and
+/// `multipart/byteranges`). Large files are never buffered whole: file ranges
+/// are read in [`READ_CHUNK`]s on tokio's blocking pool, or, after
+/// [`FileBody::use_sendfile`], handed to the connection as zero-copy regions.
 ///
 /// The file handle is opened before the response is built, so a download keeps
 /// reading the same file even if a release switch or prune happens meanwhile.
@@ -57,6 +61,9 @@ struct Stream {
     remaining: u64,
     reads: u32,
     reading: Option<JoinHandle<ReadResult>>,
+    /// Set by [`FileBody::use_sendfile`]: file ranges become regions of this
+    /// queue, sent from `shared`.
+    sendfile: Option<(Sendfile, Arc<File>)>,
 }
 
 impl FileBody {
@@ -93,8 +100,30 @@ impl FileBody {
                 remaining,
                 reads: 0,
                 reading: None,
+                sendfile: None,
             })),
         }
+    }
+
+    /// Sends this body's file ranges as zero-copy regions through `queue`,
+    /// which must belong to the HTTP/1 connection the body is written to (see
+    /// [`Sendfile`]). Does nothing for in-memory bodies or once reading has
+    /// started. Returns whether the body now uses the queue.
+    pub fn use_sendfile(&mut self, queue: &Sendfile) -> bool {
+        if !Sendfile::supported() {
+            return false;
+        }
+        let Kind::Stream(s) = &mut self.kind else {
+            return false;
+        };
+        if s.sendfile.is_some() || s.reading.is_some() || s.reads > 0 {
+            return s.sendfile.is_some();
+        }
+        let Some(file) = s.file.take() else {
+            return false;
+        };
+        s.sendfile = Some((queue.clone(), Arc::new(file)));
+        true
     }
 }
 
@@ -111,13 +140,13 @@ impl From<Bytes> for FileBody {
 }
 
 impl Body for FileBody {
-    type Data = Bytes;
+    type Data = Chunk;
     type Error = io::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Chunk>, io::Error>>> {
         match &mut self.get_mut().kind {
             Kind::Empty => Poll::Ready(None),
-            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(Chunk::Bytes(b))))),
             Kind::Stream(s) => s.poll_next(cx),
         }
     }
@@ -140,7 +169,7 @@ impl Body for FileBody {
 }
 
 impl Stream {
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Frame<Chunk>>>> {
         loop {
             if let Some(handle) = &mut self.reading {
                 let joined = ready!(Pin::new(handle).poll(cx));
@@ -150,7 +179,7 @@ impl Stream {
                         self.file = Some(file);
                         self.pos = pos;
                         self.remaining -= bytes.len() as u64;
-                        Ok(Frame::data(bytes))
+                        Ok(Frame::data(Chunk::Bytes(bytes)))
                     }
                     Ok((_, _, Err(e))) => Err(self.fail(e)),
                     Err(join) => Err(self.fail(io::Error::other(join))),
@@ -165,10 +194,18 @@ impl Stream {
                         continue;
                     };
                     self.remaining -= b.len() as u64;
-                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                    return Poll::Ready(Some(Ok(Frame::data(Chunk::Bytes(b)))));
                 }
                 Part::File { len: 0, .. } => {
                     self.parts.pop_front();
+                }
+                Part::File { offset, len } if self.sendfile.is_some() => {
+                    let (offset, len) = (*offset, *len);
+                    self.parts.pop_front();
+                    self.remaining -= len;
+                    if let Some((queue, file)) = &self.sendfile {
+                        return Poll::Ready(Some(Ok(Frame::data(queue.push(file.clone(), offset, len)))));
+                    }
                 }
                 Part::File { offset, len } => {
                     let Some(mut file) = self.file.take() else {
@@ -202,6 +239,7 @@ impl Stream {
         self.parts.clear();
         self.remaining = 0;
         self.file = None;
+        self.sendfile = None;
         e
     }
 }

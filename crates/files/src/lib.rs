@@ -5,14 +5,16 @@
 //!   ETags, `Last-Modified`, conditional requests, byte ranges (multipart),
 //!   precompressed siblings and bounded on-the-fly compression, cache headers
 //!   for fingerprinted assets, SPA fallback, a custom 404 page and optional
-//!   listings. The body type, [`FileBody`], streams large files in chunks.
+//!   listings. The body type, [`FileBody`], streams large files in chunks, or
+//!   hands them to the connection as zero-copy regions ([`Sendfile`]).
 //! * [`path::parse_request_path`] is the single, pure, fuzzable function that
 //!   turns a URL path into a path under the root.
 //! * [`ReleaseStore`] stores immutable releases under `<data_dir>/releases`,
 //!   switches a slot atomically, lists, rolls back and prunes.
 //!
 //! *Architecture invariant*: this crate knows nothing about connections,
-//! routing or config files. The edge strips the route prefix and calls
+//! routing or config files (a [`Sendfile`] queue is only a hand-off of file
+//! ranges; the edge decides which connection may take them). The edge strips the route prefix and calls
 //! [`StaticService::serve`]; the binary maps config keys onto
 //! [`StaticOptions`] and [`DeployOptions`].
 
@@ -30,6 +32,7 @@ pub mod path;
 mod pattern;
 pub mod range;
 pub mod releases;
+mod sendfile;
 mod service;
 
 pub use body::{FileBody, READ_CHUNK};
@@ -40,4 +43,5 @@ pub use options::*;
 pub use path::DotfilesPolicy;
 pub use pattern::{Glob, ImmutableRule, is_fingerprinted};
 pub use releases::{ActiveRelease, DeployOptions, ReleaseInfo, ReleaseSlot, ReleaseStore};
+pub use sendfile::{Chunk, Region, Sendfile};
 pub use service::StaticService;

@@ -112,6 +112,9 @@ pub struct StaticOptions {
     pub revalidate_after: Duration,
     /// Most ranges honoured in one request.
     pub max_ranges: usize,
+    /// Let [`StaticService::sendfile`](crate::StaticService::sendfile) report
+    /// that file contents may be sent with `sendfile(2)` (default true).
+    pub sendfile: bool,
 }
 
 impl StaticOptions {
@@ -149,6 +152,7 @@ impl StaticOptions {
             max_cached_paths: DEFAULT_MAX_CACHED_PATHS,
             revalidate_after: DEFAULT_REVALIDATE_AFTER,
             max_ranges: DEFAULT_MAX_RANGES,
+            sendfile: true,
         }
     }
 }

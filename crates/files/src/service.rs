@@ -44,6 +44,7 @@ struct Inner {
     listing: bool,
     dotfiles: DotfilesPolicy,
     max_ranges: usize,
+    sendfile: bool,
     source: Source,
     compressor: Compressor,
 }
@@ -172,6 +173,7 @@ impl StaticService {
                 listing: opts.listing,
                 dotfiles: opts.dotfiles,
                 max_ranges: opts.max_ranges,
+                sendfile: opts.sendfile,
                 source,
                 compressor: Compressor::new(opts.compress_concurrency, opts.compress_cache_bytes),
             }),
@@ -216,6 +218,12 @@ impl StaticService {
     pub async fn serve_parts(&self, parts: &http::request::Parts) -> Response<FileBody> {
         let uri = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         self.serve(&parts.method, uri, &parts.headers).await
+    }
+
+    /// Whether responses of this route may send file ranges with
+    /// `sendfile(2)` ([`FileBody::use_sendfile`]); the `sendfile` option.
+    pub fn sendfile(&self) -> bool {
+        self.inner.sendfile
     }
 
     /// The id of the release being served, for a release-backed service.
@@ -350,6 +358,9 @@ impl StaticService {
             _ => HeaderValue::from_static(DEFAULT_CACHE_CONTROL),
         };
         let mut resp = Response::new(FileBody::empty());
+        // Room for this function's headers plus the edge's (request id and
+        // security headers), so the map is allocated once and never grows.
+        *resp.headers_mut() = http::HeaderMap::with_capacity(12);
         {
             let h = resp.headers_mut();
             h.insert(header::ETAG, rep.etag.clone());
@@ -529,9 +540,15 @@ impl StaticService {
         };
         // On disk: open now, check it is still the file we described.
         let path = variant.path.clone();
+        let ranges: Vec<ByteRange> = layout.iter().map(|(_, r)| *r).collect();
         let opened = tokio::task::spawn_blocking(move || -> io::Result<(File, Stamp)> {
             let f = File::open(&path)?;
             let m = f.metadata()?;
+            // Start reading the ranges into the page cache now, off the serving
+            // thread, in case they are sent with sendfile(2) from it.
+            for r in ranges {
+                crate::sendfile::prefetch(&f, r.start, r.len());
+            }
             Ok((f, Stamp::of(&m)))
         })
         .await;

@@ -30,6 +30,9 @@ pub async fn collect(resp: Response<FileBody>) -> Got {
         let frame = frame.expect("body error");
         if let Ok(data) = frame.into_data() {
             frames += 1;
+            let gatehouse_files::Chunk::Bytes(data) = data else {
+                panic!("a file region without sendfile");
+            };
             buf.extend_from_slice(&data);
         }
     }
