@@ -1,9 +1,9 @@
 //! The admin API of gatehouse: a separate HTTP listener (`server.admin`) for
 //! operating a running server.
 //!
-//! Today it serves release uploads and rollbacks for the static slots
-//! (`docs/admin.md` lists the endpoints); live views such as upstream health
-//! will be added as further routers merged in [`router`], under the same
+//! It serves release uploads and rollbacks for the static slots, reloads, and
+//! live views of upstream health and served certificates (`docs/admin.md` lists
+//! the endpoints). Each is a router merged in [`router`], under the same
 //! authentication and error conventions:
 //!
 //! * every endpoint except `GET /healthz` needs `Authorization: Bearer TOKEN`
@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 mod auth;
+mod certificates;
 mod error;
 mod releases;
 mod reload;
@@ -39,6 +40,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use axum::routing::get;
 
+pub use certificates::{CertificateView, CertificatesSnapshot, CertificatesSource};
 pub use error::ApiError;
 pub use reload::{ReloadError, ReloadReport, ReloadSource};
 pub use state::{AdminState, DEFAULT_UPLOAD_IDLE_TIMEOUT, DEFAULT_UPLOAD_TIMEOUT};
@@ -58,6 +60,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/healthz", get(healthz))
         .merge(releases::routes())
         .merge(upstreams::routes())
+        .merge(certificates::routes())
         .merge(reload::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

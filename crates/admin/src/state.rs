@@ -28,6 +28,7 @@ pub struct AdminState {
     pub(crate) upload_idle_timeout: Duration,
     pub(crate) upload_timeout: Duration,
     pub(crate) upstreams: Option<crate::upstreams::UpstreamsSource>,
+    pub(crate) certificates: Option<crate::certificates::CertificatesSource>,
     pub(crate) reload: Option<crate::reload::ReloadSource>,
 }
 
@@ -63,6 +64,12 @@ impl AdminState {
         self
     }
 
+    /// Adds the certificate list served at `GET /certificates`.
+    pub fn with_certificates(mut self, source: crate::certificates::CertificatesSource) -> Self {
+        self.certificates = Some(source);
+        self
+    }
+
     /// Enables `POST /reload`, which runs `source`.
     pub fn with_reload(mut self, source: crate::reload::ReloadSource) -> Self {
         self.reload = Some(source);
@@ -94,6 +101,7 @@ impl AdminState {
             upload_idle_timeout: DEFAULT_UPLOAD_IDLE_TIMEOUT,
             upload_timeout: DEFAULT_UPLOAD_TIMEOUT,
             upstreams: None,
+            certificates: None,
             reload: None,
         }
     }

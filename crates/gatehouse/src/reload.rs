@@ -17,6 +17,8 @@ use gatehouse_config::Config;
 use gatehouse_edge::Reloader;
 use gatehouse_store::backup::{DataDirLock, LockError};
 
+use crate::tls::Certificates;
+
 /// How often `server.watch_config` looks at the file's modification time.
 /// Editors save within milliseconds; a second is quick enough for a person and
 /// costs one `stat` per second.
@@ -35,16 +37,24 @@ pub(crate) struct Controller {
 struct Inner {
     path: PathBuf,
     reloader: Reloader,
+    /// The sites' certificates, when there are HTTPS listeners.
+    certificates: Option<Arc<Certificates>>,
     /// The config being served; the lock also makes reloads one at a time.
     running: Mutex<Arc<Config>>,
 }
 
 impl Controller {
-    pub(crate) fn new(path: &Path, reloader: Reloader, running: Arc<Config>) -> Self {
+    pub(crate) fn new(
+        path: &Path,
+        reloader: Reloader,
+        running: Arc<Config>,
+        certificates: Option<Arc<Certificates>>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 reloader,
+                certificates,
                 running: Mutex::new(running),
             }),
         }
@@ -81,11 +91,24 @@ impl Inner {
         for w in &warnings {
             tracing::warn!(setting = %w, "This setting changed but needs a restart; keeping the running value.");
         }
-        let config = Arc::new(config);
-        let reloaded = self.reloader.reload(config.clone()).map_err(|e| {
+        let not_applied = |e: String| {
             tracing::error!(cause, error = %e, "The new configuration cannot be applied; keeping the running one.");
-            ReloadError::NotApplied(e.to_string())
-        })?;
+            ReloadError::NotApplied(e)
+        };
+        // Certificate files are read before anything changes, so a missing or
+        // broken one refuses the whole reload.
+        let plan = match &self.certificates {
+            Some(certs) => Some(certs.prepare(&config).map_err(|e| not_applied(format!("{e:#}")))?),
+            None => None,
+        };
+        let config = Arc::new(config);
+        let reloaded = self
+            .reloader
+            .reload(config.clone())
+            .map_err(|e| not_applied(e.to_string()))?;
+        if let (Some(certs), Some(plan)) = (&self.certificates, plan) {
+            certs.apply(plan);
+        }
         *running = config;
         Ok(ReloadReport {
             generation: reloaded.generation,

@@ -6,7 +6,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use gatehouse_admin::{AdminState, ReloadSource, TargetView, UpstreamView, UpstreamsSnapshot, UpstreamsSource};
+use gatehouse_admin::{
+    AdminState, CertificateView, CertificatesSnapshot, CertificatesSource, ReloadSource, TargetView, UpstreamView,
+    UpstreamsSnapshot, UpstreamsSource,
+};
 use gatehouse_config::Config;
 use gatehouse_files::ReleaseStore;
 use gatehouse_observe::AccessLog;
@@ -33,7 +36,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
     // Certificate renewal and file watching run on the control runtime.
     let certificates = {
         let _entered = runtime.enter();
-        crate::tls::start(&config)?
+        crate::tls::start(&config)?.map(Arc::new)
     };
     if let Some(certs) = &certificates {
         bound = bound.with_tls(certs.runtime.clone());
@@ -66,7 +69,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
         println!("gatehouse admin API on http://{}/", listener.local_addr()?);
     }
     let server = bound.start()?;
-    let controller = crate::reload::Controller::new(path, server.reloader(), config.clone());
+    let controller = crate::reload::Controller::new(path, server.reloader(), config.clone(), certificates.clone());
     runtime.block_on(async {
         // The store connects and migrates in the background; a database that is
         // down is retried with backoff and does not stop the proxy.
@@ -81,6 +84,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
                 &config,
                 server.upstreams(),
                 controller.clone(),
+                certificates.clone(),
                 listener,
                 async move {
                     let _ = admin_stopped.await;
@@ -146,6 +150,7 @@ fn start_admin(
     config: &Config,
     upstreams: gatehouse_edge::UpstreamsView,
     controller: crate::reload::Controller,
+    certificates: Option<Arc<crate::tls::Certificates>>,
     listener: std::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
@@ -192,9 +197,23 @@ fn start_admin(
         let controller = controller.clone();
         async move { controller.reload("admin API").await }
     });
+    let certificates = CertificatesSource::new(move || CertificatesSnapshot {
+        certificates: certificates
+            .as_ref()
+            .map(|c| c.expiries())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| CertificateView {
+                name: e.name,
+                not_after: humantime::format_rfc3339_seconds(e.not_after).to_string(),
+                days_left: e.days_left,
+            })
+            .collect(),
+    });
     let router = gatehouse_admin::router(
         AdminState::new(releases, deploy, token)
             .with_upstreams(upstreams)
+            .with_certificates(certificates)
             .with_reload(reload),
     );
     Ok(tokio::spawn(async move {

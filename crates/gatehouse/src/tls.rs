@@ -1,8 +1,9 @@
 //! HTTPS wiring: config → certificate store, internal CA, ACME client, certificate
 //! manager and file watchers → the edge's `TlsRuntime`.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use anyhow::Context;
@@ -12,17 +13,77 @@ use gatehouse_tls::store::StoreFuture;
 use gatehouse_tls::{
     AcmeClient, AcmeConfig, CertManager, CertPem, CertResolver, ChallengeKind, Challenges, ExternalAccount,
     FileCertWatcher, FileStore, InternalCa, Issuer, LoadedCert, ManagedCert, ManagerConfig, OnDemand, OnDemandConfig,
-    OnDemandPolicy, RenewalWindow, SystemClock, TlsError,
+    OnDemandPolicy, RenewalWindow, SystemClock, TlsError, load_pem_files,
 };
 use tokio::sync::OnceCell;
 
 /// Everything that keeps certificates current; dropping it stops renewals and
 /// file watching (served certificates stay until the process ends).
+///
+/// Site certificates follow reloads: [`Certificates::prepare`] checks a new
+/// config's certificate sources (loads changed PEM files, creates the internal CA
+/// if a site needs it first), and [`Certificates::apply`] switches to them once the
+/// edge has accepted the config. The `[acme]` and `[tls]` sections and the HTTPS
+/// listeners need a restart.
 pub(crate) struct Certificates {
     /// What the edge serves HTTPS with.
     pub(crate) runtime: TlsRuntime,
-    _manager: Option<Arc<CertManager>>,
-    _watchers: Vec<FileCertWatcher>,
+    state: Mutex<State>,
+}
+
+struct State {
+    resolver: Arc<CertResolver>,
+    store: Arc<FileStore>,
+    challenges: Arc<Challenges>,
+    /// The startup config's `[acme]`, for an ACME site added by a reload.
+    acme_config: Option<gatehouse_config::Acme>,
+    internal: Option<Arc<InternalCa>>,
+    acme: Option<Arc<LazyAcme>>,
+    manager: Arc<CertManager>,
+    /// The running sources, by certificate name (a site's first host name).
+    sources: HashMap<String, Source>,
+}
+
+/// Where one site's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Spec {
+    /// Obtained and renewed by the manager.
+    Managed { names: Vec<String>, issuer: IssuerKind },
+    /// Read from PEM files, polled for changes.
+    Files {
+        names: Vec<String>,
+        cert: PathBuf,
+        key: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IssuerKind {
+    Internal,
+    Acme,
+}
+
+impl Spec {
+    fn names(&self) -> &[String] {
+        match self {
+            Spec::Managed { names, .. } | Spec::Files { names, .. } => names,
+        }
+    }
+}
+
+struct Source {
+    spec: Spec,
+    /// Set for [`Spec::Files`]; dropping it stops the polling.
+    _watcher: Option<FileCertWatcher>,
+}
+
+/// A config's certificate sources, checked and ready to switch to.
+pub(crate) struct Plan {
+    specs: Vec<(String, Spec)>,
+    /// Freshly loaded PEM files of new or changed [`Spec::Files`] sources.
+    loaded: HashMap<String, LoadedCert>,
+    internal: Option<Arc<InternalCa>>,
+    acme: Option<Arc<LazyAcme>>,
 }
 
 /// Where certificates, keys and ACME accounts live.
@@ -47,6 +108,35 @@ fn cert_names(hosts: &[HostPattern]) -> Vec<String> {
         .collect()
 }
 
+/// Each TLS site's certificate source, by certificate name.
+fn specs(config: &Config) -> Vec<(String, Spec)> {
+    let mut specs = Vec::new();
+    for site in &config.sites {
+        let names = cert_names(&site.hosts);
+        let Some(key) = names.first().cloned() else {
+            continue;
+        };
+        let spec = match &site.tls {
+            SiteTls::Off => continue,
+            SiteTls::Internal => Spec::Managed {
+                names,
+                issuer: IssuerKind::Internal,
+            },
+            SiteTls::Acme => Spec::Managed {
+                names,
+                issuer: IssuerKind::Acme,
+            },
+            SiteTls::Files { cert, key } => Spec::Files {
+                names,
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+        };
+        specs.push((key, spec));
+    }
+    specs
+}
+
 /// Sets up certificates for every TLS site. Must run inside the control runtime:
 /// the manager and the file watchers are tasks on it. `None` when the config has
 /// no HTTPS listener.
@@ -58,49 +148,15 @@ pub(crate) fn start(config: &Config) -> anyhow::Result<Option<Certificates>> {
     let resolver = Arc::new(CertResolver::new(challenges.clone()));
     let store = Arc::new(FileStore::new(certs_dir(config)));
 
-    let uses = |mode: fn(&SiteTls) -> bool| config.sites.iter().any(|s| mode(&s.tls));
-    let internal = if uses(|t| *t == SiteTls::Internal) {
-        let dir = ca_dir(config);
-        Some(Arc::new(InternalCa::load_or_create(&dir).with_context(|| {
-            format!("cannot set up the internal CA in {}", dir.display())
-        })?))
-    } else {
-        None
+    // On-demand names are ordered through ACME, so it needs the client at once.
+    let acme = match (&config.tls.acme, &config.tls.on_demand) {
+        (Some(a), Some(_)) => Some(Arc::new(LazyAcme::new(
+            acme_config(a),
+            store.clone(),
+            challenges.clone(),
+        ))),
+        _ => None,
     };
-    let acme =
-        match &config.tls.acme {
-            Some(a) if uses(|t| *t == SiteTls::Acme) || config.tls.on_demand.is_some() => Some(Arc::new(
-                LazyAcme::new(acme_config(a), store.clone(), challenges.clone()),
-            )),
-            _ => None,
-        };
-
-    let mut managed = Vec::new();
-    let mut watchers = Vec::new();
-    for site in &config.sites {
-        let names = cert_names(&site.hosts);
-        let issuer: Arc<dyn Issuer> = match (&site.tls, &internal, &acme) {
-            (SiteTls::Off, _, _) => continue,
-            (SiteTls::Internal, Some(ca), _) => ca.clone(),
-            (SiteTls::Acme, _, Some(acme)) => acme.clone(),
-            (SiteTls::Files { cert, key }, _, _) => {
-                let watcher = FileCertWatcher::start(
-                    names,
-                    cert.clone(),
-                    key.clone(),
-                    resolver.clone(),
-                    gatehouse_tls::files::FILE_POLL_INTERVAL,
-                )
-                .with_context(|| format!("site {}: cannot load its certificate files", site.name))?;
-                watchers.push(watcher);
-                continue;
-            }
-            // The config crate guarantees the issuer exists for the mode.
-            _ => anyhow::bail!("site {}: no issuer for tls = {:?}", site.name, site.tls.as_str()),
-        };
-        managed.push(ManagedCert { names, issuer });
-    }
-
     let on_demand = match (&config.tls.on_demand, &acme) {
         (Some(od), Some(acme)) => {
             let ask = match &od.ask {
@@ -126,44 +182,217 @@ pub(crate) fn start(config: &Config) -> anyhow::Result<Option<Certificates>> {
         _ => None,
     };
     let on_demand_enabled = on_demand.is_some();
-    let manager = if managed.is_empty() && !on_demand_enabled {
-        None
-    } else {
-        let defaults = ManagerConfig::default();
-        Some(Arc::new(CertManager::start(
-            managed,
-            store,
-            resolver.clone(),
-            Arc::new(SystemClock),
-            ManagerConfig {
-                max_concurrent_orders: config
-                    .tls
-                    .acme
-                    .as_ref()
-                    .map_or(defaults.max_concurrent_orders, |a| a.max_concurrent_orders.get()),
-                on_demand,
-                ..defaults
-            },
-        )))
-    };
-    if let Some(manager) = &manager {
-        let mut events = manager.subscribe();
-        tokio::spawn(async move {
-            // The manager logs each event itself; this keeps the channel drained.
-            while let Ok(event) = events.recv().await {
-                tracing::debug!(?event, "Certificate event.");
-            }
-        });
-    }
-    let mut runtime = TlsRuntime::new(resolver, challenges).context("cannot set up TLS")?;
-    if let (true, Some(manager)) = (on_demand_enabled, &manager) {
+    let defaults = ManagerConfig::default();
+    let manager = Arc::new(CertManager::start(
+        Vec::new(),
+        store.clone(),
+        resolver.clone(),
+        Arc::new(SystemClock),
+        ManagerConfig {
+            max_concurrent_orders: config
+                .tls
+                .acme
+                .as_ref()
+                .map_or(defaults.max_concurrent_orders, |a| a.max_concurrent_orders.get()),
+            on_demand,
+            ..defaults
+        },
+    ));
+    let mut events = manager.subscribe();
+    tokio::spawn(async move {
+        // The manager logs each event itself; this keeps the channel drained.
+        while let Ok(event) = events.recv().await {
+            tracing::debug!(?event, "Certificate event.");
+        }
+    });
+    let mut runtime = TlsRuntime::new(resolver.clone(), challenges.clone()).context("cannot set up TLS")?;
+    if on_demand_enabled {
         runtime = runtime.with_on_demand(manager.clone());
     }
-    Ok(Some(Certificates {
+    let certificates = Certificates {
         runtime,
-        _manager: manager,
-        _watchers: watchers,
-    }))
+        state: Mutex::new(State {
+            resolver,
+            store,
+            challenges,
+            acme_config: config.tls.acme.clone(),
+            internal: None,
+            acme,
+            manager,
+            sources: HashMap::new(),
+        }),
+    };
+    let plan = certificates.prepare(config)?;
+    certificates.apply(plan);
+    Ok(Some(certificates))
+}
+
+impl Certificates {
+    /// Every served host name with its certificate's expiry, sorted by name.
+    pub(crate) fn expiries(&self) -> Vec<gatehouse_tls::CertExpiry> {
+        self.state().manager.expiries()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Checks `config`'s certificate sources without changing what is served:
+    /// loads the PEM files of new or changed file sources and sets up the
+    /// internal CA or the ACME client if a site needs one for the first time.
+    /// Blocking file I/O. An error names the site and the file.
+    pub(crate) fn prepare(&self, config: &Config) -> anyhow::Result<Plan> {
+        let state = self.state();
+        let specs = specs(config);
+        let mut loaded = HashMap::new();
+        let mut internal = state.internal.clone();
+        let mut acme = state.acme.clone();
+        for (name, spec) in &specs {
+            match spec {
+                Spec::Files { names, cert, key } => {
+                    if state.sources.get(name).is_some_and(|s| s.spec == *spec) {
+                        continue;
+                    }
+                    let site = site_of(config, name);
+                    let pem = load_pem_files(&names[0], cert, key)
+                        .with_context(|| format!("site {site}: cannot load its certificate files"))?;
+                    loaded.insert(name.clone(), pem);
+                }
+                Spec::Managed {
+                    issuer: IssuerKind::Internal,
+                    ..
+                } if internal.is_none() => {
+                    let dir = ca_dir(config);
+                    internal =
+                        Some(Arc::new(InternalCa::load_or_create(&dir).with_context(|| {
+                            format!("cannot set up the internal CA in {}", dir.display())
+                        })?));
+                }
+                Spec::Managed {
+                    issuer: IssuerKind::Acme,
+                    ..
+                } if acme.is_none() => {
+                    // [acme] is restart-only, so the startup config's is the one in force.
+                    let Some(a) = &state.acme_config else {
+                        anyhow::bail!(
+                            "site {}: tls = \"acme\" needs an [acme] section, and adding one needs a restart",
+                            site_of(config, name)
+                        );
+                    };
+                    acme = Some(Arc::new(LazyAcme::new(
+                        acme_config(a),
+                        state.store.clone(),
+                        state.challenges.clone(),
+                    )));
+                }
+                Spec::Managed { .. } => {}
+            }
+        }
+        Ok(Plan {
+            specs,
+            loaded,
+            internal,
+            acme,
+        })
+    }
+
+    /// Switches to a prepared config's certificate sources: new and changed sites
+    /// start being served or ordered (a changed site keeps its current certificate
+    /// until the new one is ready), and host names no site covers any more stop
+    /// being served. Must run inside the control runtime.
+    pub(crate) fn apply(&self, plan: Plan) {
+        let mut guard = self.state();
+        let state = &mut *guard;
+        state.internal = plan.internal;
+        state.acme = plan.acme;
+        let mut loaded = plan.loaded;
+        let wanted: HashMap<&str, &Spec> = plan.specs.iter().map(|(n, s)| (n.as_str(), s)).collect();
+        let served_after: HashSet<&str> = plan
+            .specs
+            .iter()
+            .flat_map(|(_, s)| s.names().iter().map(String::as_str))
+            .collect();
+
+        // Sources that went away or changed: stop them, and stop serving the
+        // names nothing covers any more.
+        let stale: Vec<String> = state
+            .sources
+            .iter()
+            .filter(|(name, source)| wanted.get(name.as_str()) != Some(&&source.spec))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut removed = Vec::new();
+        for name in stale {
+            let Some(source) = state.sources.remove(&name) else {
+                continue;
+            };
+            let still_managed = matches!(wanted.get(name.as_str()), Some(Spec::Managed { .. }));
+            if matches!(source.spec, Spec::Managed { .. }) && !still_managed {
+                state.manager.remove(&name);
+            }
+            for host in source.spec.names() {
+                if !served_after.contains(host.as_str()) && state.resolver.remove(host) {
+                    removed.push(host.clone());
+                }
+            }
+        }
+
+        let mut added = Vec::new();
+        for (name, spec) in &plan.specs {
+            if state.sources.contains_key(name) {
+                continue;
+            }
+            let watcher = match spec {
+                Spec::Managed { names, issuer } => {
+                    let issuer: Arc<dyn Issuer> = match (issuer, &state.internal, &state.acme) {
+                        (IssuerKind::Internal, Some(ca), _) => ca.clone(),
+                        (IssuerKind::Acme, _, Some(acme)) => acme.clone(),
+                        // `prepare` set up the issuer every managed source needs.
+                        _ => continue,
+                    };
+                    state.manager.add(ManagedCert {
+                        names: names.clone(),
+                        issuer,
+                    });
+                    None
+                }
+                Spec::Files { names, cert, key } => {
+                    // `prepare` loaded every new or changed file source.
+                    let Some(pem) = loaded.remove(name) else {
+                        continue;
+                    };
+                    Some(FileCertWatcher::with_loaded(
+                        names.clone(),
+                        cert.clone(),
+                        key.clone(),
+                        &pem,
+                        state.resolver.clone(),
+                        gatehouse_tls::files::FILE_POLL_INTERVAL,
+                    ))
+                }
+            };
+            added.push(name.clone());
+            state.sources.insert(
+                name.clone(),
+                Source {
+                    spec: spec.clone(),
+                    _watcher: watcher,
+                },
+            );
+        }
+        if !added.is_empty() || !removed.is_empty() {
+            tracing::info!(?added, no_longer_served = ?removed, "Certificate sources updated.");
+        }
+    }
+}
+
+/// The name of the site whose certificate is called `cert_name`, for errors.
+fn site_of<'a>(config: &'a Config, cert_name: &'a str) -> &'a str {
+    config
+        .sites
+        .iter()
+        .find(|s| cert_names(&s.hosts).first().map(String::as_str) == Some(cert_name))
+        .map_or(cert_name, |s| s.name.as_str())
 }
 
 fn acme_config(a: &gatehouse_config::Acme) -> AcmeConfig {

@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! HTTPS through the real binary over real sockets: the internal CA checked by curl
 //! and rustls, HTTP/2 over TLS, SNI among files-mode sites, the Host/SNI check,
-//! redirects and HSTS, old TLS versions refused, on-demand refusals, and real ACME
+//! redirects and HSTS, old TLS versions refused, on-demand refusals, certificates
+//! following reloads (and `GET /certificates`), and real ACME
 //! issuance against Pebble (`GATEHOUSE_TEST_PEBBLE`; skipped without it unless
 //! `CI=true`).
 
@@ -464,7 +465,7 @@ route = [{{ path = "/", respond = {{ body = "issued" }} }}]
             d = dir.0.display(),
             cert = cert_path.display(),
         );
-        let (_gh, http, https) = serve(&toml);
+        let (gh, http, https) = serve(&toml);
         let tls = wait_for_cert(https, name, client.clone(), Duration::from_secs(90)).await;
         assert_eq!(leaf_names(&tls), vec![name.to_owned()], "{challenge}");
         let reply = get(tls, name, "/").await;
@@ -472,6 +473,17 @@ route = [{{ path = "/", respond = {{ body = "issued" }} }}]
         assert_eq!(reply.headers["strict-transport-security"], "max-age=31536000");
         assert_eq!(get_http(http, name, "/").await.status, StatusCode::PERMANENT_REDIRECT);
         assert!(dir.0.join(format!("data/certs/sites/{name}/key.pem")).is_file());
+
+        // A site added by a reload gets its certificate ordered without a restart.
+        let added = format!("reload.{name}");
+        let toml = format!(
+            "{toml}\n[[site]]\nhosts = [\"{added}\"]\nroute = [{{ path = \"/\", respond = {{ body = \"added\" }} }}]\n"
+        );
+        std::fs::write(&gh.config, toml).unwrap();
+        gh.signal("HUP");
+        let tls = wait_for_cert(https, &added, client.clone(), Duration::from_secs(90)).await;
+        assert_eq!(leaf_names(&tls), vec![added.clone()], "{challenge}");
+        assert_eq!(get(tls, &added, "/").await.body, "added");
     }
 }
 
@@ -482,4 +494,140 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `POST /reload` on the admin address; the status and the JSON or error body.
+async fn admin_reload(admin: &str, token: &str) -> gatehouse_testkit::client::Reply {
+    let req = Request::post(format!("{admin}/reload"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(gatehouse_testkit::client::body(Bytes::new()))
+        .unwrap();
+    gatehouse_testkit::client::send(&gatehouse_testkit::client::http1(), req).await
+}
+
+fn leaf_der(tls: &Tls) -> Vec<u8> {
+    tls.get_ref().1.peer_certificates().unwrap()[0].as_ref().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_follow_reload_and_bad_files_refuse_it() {
+    let dir = TempDir::new("gh-https-reload");
+    let a = make_cert(&dir.0, "a.example.com");
+    let b = make_cert(&dir.0, "b.example.com");
+    let d = dir.0.display().to_string();
+    let token = "c3rts-c3rts-c3rts-c3rts-c3rts-c3rts";
+    let files_site = |name: &str, cert: &str| {
+        format!(
+            "[[site]]\nhosts = [\"{name}\"]\ntls = {{ cert = \"{d}/{cert}\", key = \"{d}/{name}.key\" }}\n\
+             route = [{{ path = \"/\", respond = {{ body = \"{name}\" }} }}]\n"
+        )
+    };
+    let internal_site = |name: &str, body: &str| {
+        format!(
+            "[[site]]\nhosts = [\"{name}\"]\ntls = \"internal\"\n\
+             route = [{{ path = \"/\", respond = {{ body = \"{body}\" }} }}]\n"
+        )
+    };
+    let config = |sites: &[String]| {
+        format!(
+            "[server]\nhttp = [\"127.0.0.1:0\"]\nhttps = [\"127.0.0.1:0\"]\nworkers = 1\n\
+             admin = \"127.0.0.1:0\"\nadmin_token = \"{token}\"\ndata_dir = \"{d}/data\"\n\
+             [log]\naccess_log = \"off\"\n\n{}",
+            sites.concat()
+        )
+    };
+    let (gh, _http, https) = serve(&config(&[
+        files_site("a.example.com", "a.example.com.pem"),
+        internal_site("localhost", "one"),
+    ]));
+    let admin_line = gh.stdout.recv_timeout(Duration::from_secs(5)).unwrap();
+    let admin = admin_line.rsplit(' ').next().unwrap().trim_end_matches('/').to_owned();
+    let root = std::fs::read_to_string(dir.0.join("data/certs/ca/root.pem")).unwrap();
+    let trusted = client_config(&format!("{a}{b}{root}"), &[b"http/1.1"]);
+
+    let tls = connect(https, "a.example.com", trusted.clone()).await.unwrap();
+    assert_eq!(get(tls, "a.example.com", "/").await.body, "a.example.com");
+    let tls = wait_for_cert(https, "localhost", trusted.clone(), Duration::from_secs(15)).await;
+    let localhost_leaf = leaf_der(&tls);
+    assert!(connect(https, "b.example.com", trusted.clone()).await.is_err());
+
+    // Site a goes, site b and an internal site come: served as soon as the reload answers
+    // (b) or once issued (new.localhost); the unchanged site keeps its certificate.
+    std::fs::write(
+        &gh.config,
+        config(&[
+            files_site("b.example.com", "b.example.com.pem"),
+            internal_site("localhost", "two"),
+            internal_site("new.localhost", "new"),
+        ]),
+    )
+    .unwrap();
+    let reply = admin_reload(&admin, token).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let tls = connect(https, "b.example.com", trusted.clone()).await.unwrap();
+    assert_eq!(leaf_names(&tls), vec!["b.example.com".to_owned()]);
+    assert_eq!(get(tls, "b.example.com", "/").await.body, "b.example.com");
+    assert!(
+        connect(https, "a.example.com", trusted.clone()).await.is_err(),
+        "a removed site's certificate is no longer served"
+    );
+    let tls = connect(https, "localhost", trusted.clone()).await.unwrap();
+    assert!(
+        leaf_der(&tls) == localhost_leaf,
+        "an unchanged site keeps its certificate"
+    );
+    assert_eq!(get(tls, "localhost", "/").await.body, "two");
+    let tls = wait_for_cert(https, "new.localhost", trusted.clone(), Duration::from_secs(15)).await;
+    assert_eq!(leaf_names(&tls), vec!["new.localhost".to_owned()]);
+    assert_eq!(get(tls, "new.localhost", "/").await.body, "new");
+
+    // The admin API lists what is served now, with days to expiry.
+    let auth = format!("Bearer {token}");
+    let view = gatehouse_testkit::client::get(&format!("{admin}/certificates"), &[("authorization", &auth)]).await;
+    assert_eq!(view.status, StatusCode::OK, "{}", view.text());
+    let v: serde_json::Value = serde_json::from_slice(&view.body).unwrap();
+    let served: Vec<(&str, i64)> = v["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["days_left"].as_i64().unwrap()))
+        .collect();
+    let names: Vec<&str> = served.iter().map(|c| c.0).collect();
+    assert_eq!(names, ["b.example.com", "localhost", "new.localhost"], "{v}");
+    // Internal leaves live 7 days; rcgen's self-signed default runs for decades.
+    assert!((6..=7).contains(&served[1].1) && (6..=7).contains(&served[2].1), "{v}");
+    assert!(served[0].1 > 365, "{v}");
+    assert!(
+        v["certificates"][1]["not_after"].as_str().unwrap().ends_with('Z'),
+        "{v}"
+    );
+
+    // A certificate file that cannot be read refuses the whole reload, with the site
+    // and the file named; everything keeps serving as before.
+    std::fs::write(
+        &gh.config,
+        config(&[
+            files_site("b.example.com", "missing.pem"),
+            internal_site("localhost", "three"),
+            internal_site("new.localhost", "new"),
+        ]),
+    )
+    .unwrap();
+    let reply = admin_reload(&admin, token).await;
+    assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text());
+    let text = reply.text();
+    assert!(
+        text.contains("b.example.com")
+            && text.contains("cannot load its certificate files")
+            && text.contains("missing.pem"),
+        "{text}"
+    );
+    let tls = connect(https, "b.example.com", trusted.clone()).await.unwrap();
+    assert_eq!(get(tls, "b.example.com", "/").await.body, "b.example.com");
+    let tls = connect(https, "localhost", trusted.clone()).await.unwrap();
+    assert_eq!(
+        get(tls, "localhost", "/").await.body,
+        "two",
+        "the refused config did not apply"
+    );
 }

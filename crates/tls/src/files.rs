@@ -50,8 +50,23 @@ impl FileCertWatcher {
     ) -> Result<Self, TlsError> {
         let label = names.first().cloned().unwrap_or_default();
         let loaded = load_pem_files(&label, &cert, &key)?;
+        Ok(Self::with_loaded(names, cert, key, &loaded, resolver, interval))
+    }
+
+    /// Like [`FileCertWatcher::start`] with the files already loaded by
+    /// [`load_pem_files`]: a reload loads every site's files first and starts
+    /// serving them only once the whole new configuration is accepted.
+    pub fn with_loaded(
+        names: Vec<String>,
+        cert: PathBuf,
+        key: PathBuf,
+        loaded: &LoadedCert,
+        resolver: Arc<CertResolver>,
+        interval: Duration,
+    ) -> Self {
+        let label = names.first().cloned().unwrap_or_default();
         for name in &names {
-            resolver.set(name, &loaded);
+            resolver.set(name, loaded);
         }
         let mut seen = (stamp(&cert), stamp(&key));
         let task = tokio::spawn(async move {
@@ -81,7 +96,7 @@ impl FileCertWatcher {
                 }
             }
         });
-        Ok(Self { task })
+        Self { task }
     }
 }
 
