@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Helpers shared by the benchmark scripts (proxy.sh, static.sh). Sourced, not run.
+# Helpers shared by the scripts in bench/ (proxy.sh, static.sh, tls.sh, ...). Sourced, not run.
 # They read and set the calling script's globals (TMP, SERVERS, PIDS, SERVER_CPU,
 # LOAD_CPU, ...) at call time.
 # shellcheck disable=SC2034  # PIDS and the like are the callers' globals
@@ -113,7 +113,7 @@ cleanup() {
         for pid in "${STARTED[@]}"; do wait "$pid" 2>/dev/null || true; done
     }
     if ((KEEP)); then
-        echo "$(basename "$0"): kept configs, logs and raw wrk output in $TMP" >&2
+        echo "$(basename "$0"): kept configs, logs and raw tool output in $TMP" >&2
     else
         rm -rf "$TMP"
     fi
