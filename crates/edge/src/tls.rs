@@ -25,6 +25,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::rustls::ServerConfig;
@@ -122,8 +123,14 @@ impl WorkerTls {
     }
 }
 
-/// Serves one accepted HTTPS connection until it ends. A failed or slow handshake
-/// is logged at debug level and the connection closed.
+/// Buffer for a connection's first decrypted bytes (see [`serve_connection`]).
+/// Smaller than the reads hyper makes into its own buffer (8 KiB and up), so
+/// once it is drained later reads bypass it without a copy.
+const FIRST_READ_BUFFER: usize = 4 * 1024;
+
+/// Serves one accepted HTTPS connection until it ends. A failed or slow handshake,
+/// or no request bytes within `header_timeout` after it, is logged at debug level
+/// and the connection closed.
 /// The HTTP settings are those of the generation current at accept (one
 /// builder per connection: HTTP/2 only when ALPN chose `h2`, which skips version
 /// sniffing, else HTTP/1.1 only); each request uses the generation current
@@ -131,7 +138,7 @@ impl WorkerTls {
 pub(crate) async fn serve_connection(
     tls: Arc<WorkerTls>,
     accepted: Accepted,
-    handshake_timeout: Duration,
+    header_timeout: Duration,
     current: Arc<ArcSwap<Worker>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: Watcher,
@@ -143,7 +150,7 @@ pub(crate) async fn serve_connection(
         peer_info,
     } = accepted;
     let handshake = tokio::select! {
-        hs = tokio::time::timeout(handshake_timeout, tls.handshake(stream)) => hs,
+        hs = tokio::time::timeout(header_timeout, tls.handshake(stream)) => hs,
         _ = stop.wait_for(|stop| *stop) => return,
     };
     let stream = match handshake {
@@ -153,7 +160,7 @@ pub(crate) async fn serve_connection(
             return;
         }
         Err(_) => {
-            tracing::debug!(%peer, timeout = ?handshake_timeout, "TLS handshake timed out.");
+            tracing::debug!(%peer, timeout = ?header_timeout, "TLS handshake timed out.");
             return;
         }
     };
@@ -171,6 +178,25 @@ pub(crate) async fn serve_connection(
     let sni = session
         .server_name()
         .map(|s| s.trim_end_matches('.').to_ascii_lowercase().into());
+    // Like the plain-HTTP listeners: a client that completes the handshake and
+    // then sends nothing is closed after `header_timeout` (hyper's head timeout
+    // only starts with the first byte). The first bytes are read through a small
+    // buffer, which hyper's larger reads bypass afterwards.
+    let mut stream = BufReader::with_capacity(FIRST_READ_BUFFER, stream);
+    let first = tokio::select! {
+        read = tokio::time::timeout(header_timeout, stream.fill_buf()) => match read {
+            Ok(Ok(bytes)) => !bytes.is_empty(),
+            Ok(Err(_)) => false,
+            Err(_) => {
+                tracing::debug!(%peer, timeout = ?header_timeout, "TLS connection sent no request in time.");
+                false
+            }
+        },
+        _ = stop.wait_for(|stop| *stop) => false,
+    };
+    if !first {
+        return;
+    }
     let conn = Arc::new(ConnCtx::new(peer_info, "https").with_sni(sni));
     let service = service_fn(move |req| {
         let worker = current.load_full();

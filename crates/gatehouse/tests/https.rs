@@ -631,3 +631,29 @@ async fn certificates_follow_reload_and_bad_files_refuse_it() {
         "the refused config did not apply"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_connection_that_sends_nothing_is_closed_after_header_timeout() {
+    use tokio::io::AsyncReadExt;
+    let dir = TempDir::new("gh-https-idle");
+    let data = dir.0.join("data");
+    let toml = INTERNAL.replace("DATA", data.to_str().unwrap()) + "\n[limits]\nheader_timeout = \"1s\"\n";
+    let (_gh, _http, https) = serve(&toml);
+    let root = std::fs::read_to_string(data.join("certs/ca/root.pem")).unwrap();
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let config = client_config(&root, &[alpn]);
+        let mut tls = wait_for_cert(https, "localhost", config, Duration::from_secs(15)).await;
+        let started = Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await;
+        let waited = started.elapsed();
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "{alpn:?}: the idle connection was not closed: {read:?}"
+        );
+        assert!(
+            waited >= Duration::from_millis(800) && waited < Duration::from_secs(5),
+            "{alpn:?}: closed after {waited:?}"
+        );
+    }
+}
