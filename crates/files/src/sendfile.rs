@@ -157,6 +157,12 @@ impl Sendfile {
         Ok(sent)
     }
 
+    /// Whether the region tagged `tag` still has bytes to send (it is the next
+    /// one in the queue).
+    pub fn is_pending(&self, tag: usize) -> bool {
+        self.lock().jobs.front().is_some_and(|job| job.tag == tag)
+    }
+
     /// Whether zero-copy sending works on this platform.
     pub const fn supported() -> bool {
         cfg!(target_os = "linux")
