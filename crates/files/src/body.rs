@@ -41,7 +41,17 @@ pub struct FileBody {
 enum Kind {
     Empty,
     Full(Option<Bytes>),
+    /// In-memory bytes that are also a range of an open file, so that
+    /// [`FileBody::use_sendfile`] can send them from the page cache instead.
+    Cached(Option<Box<Cached>>),
     Stream(Box<Stream>),
+}
+
+#[derive(Debug)]
+struct Cached {
+    bytes: Bytes,
+    file: Arc<File>,
+    offset: u64,
 }
 
 #[derive(Debug)]
@@ -83,6 +93,18 @@ impl FileBody {
         }
     }
 
+    /// A body of in-memory `bytes` that are `file`'s bytes from `offset`:
+    /// written from memory, or as a zero-copy region after
+    /// [`FileBody::use_sendfile`].
+    pub(crate) fn cached(bytes: Bytes, file: Arc<File>, offset: u64) -> Self {
+        if bytes.is_empty() {
+            return Self::empty();
+        }
+        FileBody {
+            kind: Kind::Cached(Some(Box::new(Cached { bytes, file, offset }))),
+        }
+    }
+
     /// A body of parts; `file` must be given when a part is a file range.
     pub(crate) fn parts(parts: Vec<Part>, file: Option<File>) -> Self {
         let remaining = parts
@@ -112,6 +134,22 @@ impl FileBody {
     pub fn use_sendfile(&mut self, queue: &Sendfile) -> bool {
         if !Sendfile::supported() {
             return false;
+        }
+        if let Kind::Cached(cached) = &mut self.kind {
+            let Some(c) = cached.take() else {
+                return false;
+            };
+            let len = c.bytes.len() as u64;
+            self.kind = Kind::Stream(Box::new(Stream {
+                parts: VecDeque::from([Part::File { offset: c.offset, len }]),
+                file: None,
+                pos: u64::MAX,
+                remaining: len,
+                reads: 0,
+                reading: None,
+                sendfile: Some((queue.clone(), c.file)),
+            }));
+            return true;
         }
         let Kind::Stream(s) = &mut self.kind else {
             return false;
@@ -147,6 +185,7 @@ impl Body for FileBody {
         match &mut self.get_mut().kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(Chunk::Bytes(b))))),
+            Kind::Cached(c) => Poll::Ready(c.take().map(|c| Ok(Frame::data(Chunk::Bytes(c.bytes))))),
             Kind::Stream(s) => s.poll_next(cx),
         }
     }
@@ -155,6 +194,7 @@ impl Body for FileBody {
         match &self.kind {
             Kind::Empty => true,
             Kind::Full(b) => b.is_none(),
+            Kind::Cached(c) => c.is_none(),
             Kind::Stream(s) => s.remaining == 0 && s.reading.is_none(),
         }
     }
@@ -163,6 +203,7 @@ impl Body for FileBody {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Cached(c) => SizeHint::with_exact(c.as_ref().map_or(0, |c| c.bytes.len() as u64)),
             Kind::Stream(s) => SizeHint::with_exact(s.remaining),
         }
     }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -79,6 +79,47 @@ pub(crate) struct Variant {
     pub(crate) mtime_secs: u64,
     /// The bytes, for small files.
     pub(crate) content: Option<Bytes>,
+    /// The open file behind `content`, for files of at least [`KEEP_OPEN_MIN`]
+    /// bytes while the root has descriptors to spare: plain HTTP/1 responses
+    /// send it with `sendfile(2)` instead of copying `content`.
+    pub(crate) file: Option<KeptFile>,
+}
+
+/// Cached files at least this large keep their descriptor open. Below it,
+/// copying the bytes into the socket costs less than a second system call.
+pub(crate) const KEEP_OPEN_MIN: u64 = 32 * 1024;
+
+/// Most descriptors kept open per root, so that a large site cannot use up
+/// the process's file-descriptor limit. Files beyond it are served from memory.
+pub(crate) const MAX_OPEN_FILES: usize = 256;
+
+/// An open file counted against its root's [`MAX_OPEN_FILES`] until the last
+/// response using it is done.
+#[derive(Debug)]
+pub(crate) struct KeptFile {
+    pub(crate) file: Arc<File>,
+    slots: Arc<AtomicUsize>,
+}
+
+impl KeptFile {
+    /// Keeps `file` if the root has a descriptor to spare.
+    fn keep(file: File, slots: &Arc<AtomicUsize>) -> Option<Self> {
+        slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_OPEN_FILES).then_some(n + 1)
+            })
+            .ok()?;
+        Some(KeptFile {
+            file: Arc::new(file),
+            slots: Arc::clone(slots),
+        })
+    }
+}
+
+impl Drop for KeptFile {
+    fn drop(&mut self) {
+        self.slots.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Everything needed to answer for one file without touching the disk.
@@ -165,6 +206,8 @@ pub(crate) struct Root {
     /// Paths found missing, kept apart so random 404s cannot evict hot files.
     missing: Mutex<HashMap<Box<str>, Instant>>,
     mem_bytes: AtomicU64,
+    /// Descriptors held by [`KeptFile`]s of this root's entries.
+    open_files: Arc<AtomicUsize>,
 }
 
 impl Root {
@@ -175,6 +218,7 @@ impl Root {
             entries: RwLock::new(HashMap::new()),
             missing: Mutex::new(HashMap::new()),
             mem_bytes: AtomicU64::new(0),
+            open_files: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -294,7 +338,8 @@ pub(crate) fn lookup_blocking(root: &Root, rel: &str, s: &LookupSettings, previo
         // FIFOs, sockets and devices: opening one could block or leak.
         return Lookup::Forbidden;
     }
-    let identity = match load_variant(full, s, previous.map(|p| &p.identity), 0) {
+    let slots = &root.open_files;
+    let identity = match load_variant(full, s, slots, previous.map(|p| &p.identity), 0) {
         Ok(Some(v)) => v,
         Ok(None) => return Lookup::Forbidden,
         Err(e) => return io_lookup(&join(&root.path, rel), &e),
@@ -313,7 +358,7 @@ pub(crate) fn lookup_blocking(root: &Root, rel: &str, s: &LookupSettings, previo
                 _ => continue,
             }
             let prev = previous.and_then(|e| e.sibling(enc));
-            if let Ok(Some(mut v)) = load_variant(p, s, prev, identity.stamp.hash(0)) {
+            if let Ok(Some(mut v)) = load_variant(p, s, slots, prev, identity.stamp.hash(0)) {
                 v.etag = etag_value(v.stamp.hash(identity.stamp.hash(0)), Some(enc));
                 siblings.push((enc, v));
             }
@@ -365,6 +410,7 @@ fn io_lookup(path: &Path, e: &io::Error) -> Lookup {
 fn load_variant(
     path: PathBuf,
     s: &LookupSettings,
+    slots: &Arc<AtomicUsize>,
     previous: Option<&Variant>,
     seed: u64,
 ) -> io::Result<Option<Variant>> {
@@ -376,7 +422,13 @@ fn load_variant(
     let stamp = Stamp::of(&meta);
     let content = match previous {
         Some(p) if p.stamp == stamp && p.content.is_some() => p.content.clone(),
-        _ if stamp.len <= s.memory_file_max => read_exact_len(file, stamp.len)?,
+        _ if stamp.len <= s.memory_file_max => read_exact_len(&file, stamp.len)?,
+        _ => None,
+    };
+    // The descriptor just opened is the file `content` came from (or one
+    // with the same stamp), so its bytes are the cached ones.
+    let file = match &content {
+        Some(_) if stamp.len >= KEEP_OPEN_MIN => KeptFile::keep(file, slots),
         _ => None,
     };
     let secs = stamp.since_epoch().as_secs();
@@ -389,12 +441,13 @@ fn load_variant(
         last_modified,
         mtime_secs: secs,
         content,
+        file,
     }))
 }
 
 /// Read exactly `len` bytes; `None` if the file is being changed (its length
 /// differs), in which case the entry is used without cached contents.
-pub(crate) fn read_exact_len(file: File, len: u64) -> io::Result<Option<Bytes>> {
+pub(crate) fn read_exact_len(file: &File, len: u64) -> io::Result<Option<Bytes>> {
     let cap = usize::try_from(len).unwrap_or(usize::MAX);
     let mut buf = Vec::with_capacity(cap);
     file.take(len.saturating_add(1)).read_to_end(&mut buf)?;
@@ -455,5 +508,37 @@ mod tests {
         assert!(root.entries.read().unwrap().len() <= 16);
         assert!(root.missing.lock().unwrap().len() <= 16);
         assert!(matches!(root.cached("missing99", &s), Ok(Lookup::NotFound)));
+    }
+
+    #[test]
+    fn larger_cached_files_keep_their_descriptor_within_a_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("small"), vec![b's'; 1000]).unwrap();
+        let big = KEEP_OPEN_MIN as usize;
+        for i in 0..MAX_OPEN_FILES + 10 {
+            fs::write(dir.path().join(format!("f{i}")), vec![b'x'; big]).unwrap();
+        }
+        let root = Root::new(fs::canonicalize(dir.path()).unwrap(), false);
+        let s = settings(1 << 30, 100_000);
+        let file_of = |l: &Lookup| match l {
+            Lookup::File(e) => (e.identity.content.is_some(), e.identity.file.is_some()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(file_of(&lookup_blocking(&root, "small", &s, None)), (true, false));
+
+        let mut kept = Vec::new();
+        for i in 0..MAX_OPEN_FILES + 10 {
+            let found = lookup_blocking(&root, &format!("f{i}"), &s, None);
+            let (content, open) = file_of(&found);
+            assert!(content, "f{i} is cached in memory");
+            assert_eq!(open, i < MAX_OPEN_FILES, "f{i}: descriptor kept only within the bound");
+            kept.push(found);
+        }
+        assert_eq!(root.open_files.load(Ordering::Relaxed), MAX_OPEN_FILES);
+        // Dropping entries gives their descriptors back.
+        kept.truncate(10);
+        assert_eq!(root.open_files.load(Ordering::Relaxed), 10);
+        let found = lookup_blocking(&root, &format!("f{}", MAX_OPEN_FILES + 5), &s, None);
+        assert_eq!(file_of(&found), (true, true));
     }
 }

@@ -509,15 +509,19 @@ impl StaticService {
         if head {
             return Outcome::Done(resp);
         }
-        // In memory: slices of one buffer, no I/O at all.
-        let memory = match &rep.data {
-            RepData::Memory(b) => Some(b.clone()),
-            RepData::Disk(v) => v.content.clone(),
+        // In memory: slices of one buffer, no I/O at all (or, for a file
+        // whose descriptor is kept open, one sendfile on plain HTTP/1).
+        let (memory, kept) = match &rep.data {
+            RepData::Memory(b) => (Some(b.clone()), None),
+            RepData::Disk(v) => (v.content.clone(), v.file.as_ref()),
         };
         if let Some(bytes) = memory {
             let body = match (layout.len(), &epilogue) {
                 (0, _) => FileBody::empty(),
-                (1, None) => FileBody::full(slice(&bytes, layout[0].1)),
+                (1, None) => match kept {
+                    Some(k) => FileBody::cached(slice(&bytes, layout[0].1), Arc::clone(&k.file), layout[0].1.start),
+                    None => FileBody::full(slice(&bytes, layout[0].1)),
+                },
                 _ => {
                     let mut buf = BytesMut::new();
                     for (prefix, r) in &layout {
@@ -598,7 +602,7 @@ fn compress_source(v: &Variant) -> impl FnOnce() -> io::Result<Bytes> + Send + '
     let len = v.stamp.len;
     move || match content {
         Some(b) => Ok(b),
-        None => cache::read_exact_len(File::open(path)?, len)?
+        None => cache::read_exact_len(&File::open(path)?, len)?
             .ok_or_else(|| io::Error::other("file changed while compressing")),
     }
 }

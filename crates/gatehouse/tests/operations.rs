@@ -367,6 +367,10 @@ async fn large_files_go_out_with_sendfile_on_plain_http1_and_arrive_intact() {
         .collect();
     std::fs::write(root.join("big.bin"), &data).unwrap();
     std::fs::write(root.join("small.txt"), "small file").unwrap();
+    // 100 KiB: kept in the in-memory cache, and large enough to keep its
+    // descriptor open for sendfile.
+    let medium = data[..100 << 10].to_vec();
+    std::fs::write(root.join("medium.bin"), &medium).unwrap();
     let gh = Process::serve(Path::new(BIN), &sendfile_config(&dir.0, &root, true));
     let before = worker_rchar(gh.child.id());
 
@@ -408,6 +412,28 @@ async fn large_files_go_out_with_sendfile_on_plain_http1_and_arrive_intact() {
     conn.write_all(ask(None, "/big.bin").as_bytes()).await.unwrap();
     let (_, body) = read_response(&mut conn).await;
     assert!(body == data, "the whole file differs on the reused connection");
+
+    // The cached medium file goes out with sendfile from its kept descriptor
+    // too (the worker "reads" it), whole and as a range, on the same connection.
+    let before_medium = worker_rchar(gh.child.id());
+    for _ in 0..3 {
+        conn.write_all(ask(None, "/medium.bin").as_bytes()).await.unwrap();
+        let (head, body) = read_response(&mut conn).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(body == medium, "the cached file differs");
+    }
+    conn.write_all(ask(Some("bytes=50000-"), "/medium.bin").as_bytes())
+        .await
+        .unwrap();
+    let (head, body) = read_response(&mut conn).await;
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert!(body == medium[50_000..], "the cached file's range differs");
+    let medium_sent = worker_rchar(gh.child.id()) - before_medium;
+    let expected = 3 * medium.len() as u64 + (medium.len() as u64 - 50_000);
+    assert!(
+        medium_sent >= expected,
+        "serving thread sent {medium_sent} bytes of the cached file with sendfile, expected {expected}"
+    );
 
     // HTTP/2 (h2c) frames data itself: it reads the file, and gets the same bytes.
     let client = gatehouse_testkit::client::h2c();
