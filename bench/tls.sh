@@ -9,7 +9,9 @@
 #               (ALPN h2, 10 streams per connection).
 # First every server is pinned to CPU 0 with one worker/thread and h2load runs on
 # CPU 1; then servers and h2load share both cores (two workers each). Servers run one
-# at a time, A B C A B C ..., and the script prints the median of the rounds.
+# at a time, A B C A B C ..., and the script prints the median of the rounds, with
+# each server's CPU time per handshake or request (the fair comparison when the
+# single-threaded h2load, not the server, is the bottleneck).
 #
 # Usage: bench/tls.sh [--rounds 3] [--duration 8] [--connections 50] [--handshakes 20000]
 #                     [--only nginx,caddy,gatehouse] [--keep] [--wait-quiet SECONDS]
@@ -146,9 +148,17 @@ stop() {
     STARTED=("${STARTED[@]/$pid/}")
 }
 
-# measure NAME KIND CPUS -> requests/s (or "fail")
+HZ="$(getconf CLK_TCK)"
+
+# measure NAME KIND CPUS -> "requests/s ok failed server-CPU-µs/request" (or "fail")
 measure() {
     local name="$1" kind="$2" cpus="$3" out="$TMP/$1-$2-$RANDOM.h2load"
+    # The server's CPU time (nginx: master and worker) around the run: when the
+    # client is the bottleneck, CPU per handshake still compares the servers.
+    local -a pids
+    read -r -a pids <<<"${PIDS[$name]} $(children "${PIDS[$name]}")"
+    local ticks0 ticks1
+    ticks0="$(cpu_ticks "${pids[@]}")"
     # `localhost` resolves to 127.0.0.1 here: SNI and Host both name the site.
     local url="https://localhost:${PORT[$name]}/"
     case "$kind" in
@@ -160,15 +170,18 @@ measure() {
     h2)
         taskset -c "$cpus" timeout $((DURATION + 60)) h2load -D "$DURATION" -c "$CONNECTIONS" -m 10 "$url" >"$out" 2>&1 || true ;;
     esac
-    awk '/^finished in/ { gsub(/,/, ""); rps = $4 } /^requests:/ { ok = $8; total = $2 }
-         END { if (rps == "" || ok == 0) print "fail"; else printf "%.0f %d %d\n", rps, ok, total - ok }' "$out"
+    ticks1="$(cpu_ticks "${pids[@]}")"
+    awk -v ticks=$((ticks1 - ticks0)) -v hz="$HZ" \
+        '/^finished in/ { gsub(/,/, ""); rps = $4 } /^requests:/ { ok = $8; total = $2 }
+         END { if (rps == "" || ok == 0) print "fail";
+               else printf "%.0f %d %d %.1f\n", rps, ok, total - ok, ticks * 1e6 / hz / ok }' "$out"
 }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print "-"; else print v[int((NR + 1) / 2)] }'; }
 
 declare -A RESULT=()
 run_phase() { # LABEL SERVER_CPUS LOAD_CPUS WORKERS
-    local label="$1" scpus="$2" lcpus="$3" workers="$4" round name kind line
+    local label="$1" scpus="$2" lcpus="$3" workers="$4" round name kind line rps cpu
     configure "$workers"
     declare -A samples=()
     for ((round = 1; round <= ROUNDS; round++)); do
@@ -181,7 +194,11 @@ run_phase() { # LABEL SERVER_CPUS LOAD_CPUS WORKERS
             for kind in handshakes h2; do
                 line="$(measure "$name" "$kind" "$lcpus")"
                 log "$label round $round: $name $kind: $line"
-                [[ "$line" == fail ]] || samples[$name/$kind]+="${line%% *} "
+                if [[ "$line" != fail ]]; then
+                    read -r rps _ _ cpu <<<"$line"
+                    samples[$name/$kind]+="$rps "
+                    samples[$name/$kind/cpu]+="$cpu "
+                fi
             done
             stop "$name"
         done
@@ -189,6 +206,7 @@ run_phase() { # LABEL SERVER_CPUS LOAD_CPUS WORKERS
     for name in "${SERVERS[@]}"; do
         for kind in handshakes h2; do
             RESULT[$label/$name/$kind]="$(tr ' ' '\n' <<<"${samples[$name/$kind]:-}" | sed '/^$/d' | median)"
+            RESULT[$label/$name/$kind/cpu]="$(tr ' ' '\n' <<<"${samples[$name/$kind/cpu]:-}" | sed '/^$/d' | median)"
         done
     done
 }
@@ -198,10 +216,12 @@ log "other load before the runs: CPU0 ${busy0}%, CPU1 ${busy1}%"
 run_phase "1 core" "$SERVER_CPU" "$LOAD_CPU" 1
 run_phase "2 cores" "0,1" "0,1" 2
 
-printf '\n%-10s %-10s %18s %18s\n' "cores" "server" "handshakes/s" "h2 requests/s"
+printf '\n%-10s %-10s %14s %16s %15s %16s\n' "cores" "server" "handshakes/s" "CPU µs/handshake" "h2 requests/s" "CPU µs/h2 req"
 for label in "1 core" "2 cores"; do
     for name in "${SERVERS[@]}"; do
-        printf '%-10s %-10s %18s %18s\n' "$label" "$name" "${RESULT[$label/$name/handshakes]}" "${RESULT[$label/$name/h2]}"
+        printf '%-10s %-10s %14s %16s %15s %16s\n' "$label" "$name" \
+            "${RESULT[$label/$name/handshakes]}" "${RESULT[$label/$name/handshakes/cpu]}" \
+            "${RESULT[$label/$name/h2]}" "${RESULT[$label/$name/h2/cpu]}"
     done
 done
 echo
