@@ -110,6 +110,11 @@ pub(crate) fn convert(mut file: FileConfig, base_dir: &Path) -> Result<Config, R
         }
     }
     let server = Server { https, ..server };
+    let default_sni_span = file
+        .tls
+        .as_ref()
+        .and_then(|t| t.get_ref().default_sni.as_ref())
+        .map(Spanned::span);
     let tls = crate::tls::convert_tls(acme_email.as_ref(), file.acme.take(), file.tls.take(), base_dir)?;
     // The first site ordering from ACME, for the listener check below.
     let mut acme_site: Option<(std::ops::Range<usize>, String)> = None;
@@ -233,6 +238,18 @@ pub(crate) fn convert(mut file: FileConfig, base_dir: &Path) -> Result<Config, R
             hsts,
             redirect_https,
         });
+    }
+    if let Some(name) = &tls.default_sni {
+        let served = sites
+            .iter()
+            .any(|s| s.tls != SiteTls::Off && s.hosts.iter().any(|h| h.matches(name)));
+        if !served {
+            return err(
+                default_sni_span,
+                "tls.default_sni",
+                format!("no site with TLS has the host {name:?}; name one of their hosts"),
+            );
+        }
     }
     if let Some(acme) = &tls.acme {
         if acme.challenge == AcmeChallenge::Http01 && server.http.is_empty() {

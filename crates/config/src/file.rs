@@ -79,6 +79,8 @@ pub struct TlsFile {
     /// What an HTTPS request whose Host differs from the TLS SNI name gets:
     /// `"421"` (default, Misdirected Request) or `"allow"`.
     pub sni_mismatch: Option<Spanned<String>>,
+    /// The host name whose certificate answers handshakes without SNI.
+    pub default_sni: Option<Spanned<String>>,
     /// Certificates obtained at the first handshake for names not in the config.
     /// Off unless this table exists.
     pub on_demand: Option<Spanned<OnDemandFile>>,

@@ -52,6 +52,10 @@ pub struct Tls {
     pub on_demand: Option<OnDemand>,
     /// What a request whose Host differs from the SNI name gets.
     pub sni_mismatch: SniMismatch,
+    /// `[tls] default_sni`: the host whose certificate answers handshakes
+    /// without SNI (normalised as site hosts are; IPv6 in brackets). When unset,
+    /// the first IP-address host of a TLS site, if any.
+    pub default_sni: Option<String>,
 }
 
 /// `[acme]` and `server.acme_email`, validated.
@@ -428,6 +432,18 @@ pub enum HostPattern {
     /// `*.example.com`, stored as the suffix `.example.com`; matches exactly one
     /// extra label (`a.example.com`, not `a.b.example.com` or `example.com`).
     Wildcard(String),
+}
+
+impl HostPattern {
+    /// Whether `host` (lower-case, as patterns are stored) is one this pattern covers.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(name) => name == host,
+            HostPattern::Wildcard(suffix) => host
+                .strip_suffix(suffix.as_str())
+                .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+        }
+    }
 }
 
 /// A site, validated.

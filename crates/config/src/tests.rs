@@ -903,3 +903,48 @@ fn tls_errors_point_at_the_key() {
         "HTTP-01",
     );
 }
+
+#[test]
+fn default_sni_names_a_host_of_a_tls_site() {
+    let c = ok(&format!(
+        "{TLS_BASE}[tls]\ndefault_sni = \"App.Example.com.\"\n[[site]]\nhosts = [\"app.example.com\"]\n"
+    ));
+    assert_eq!(c.tls.default_sni.as_deref(), Some("app.example.com"));
+    let c = ok(&format!(
+        "{TLS_BASE}[tls]\ndefault_sni = \"a.wild.example.com\"\n[[site]]\nhosts = [\"*.wild.example.com\"]\ntls = {{ cert = \"c.pem\", key = \"k.pem\" }}\n"
+    ));
+    assert_eq!(c.tls.default_sni.as_deref(), Some("a.wild.example.com"));
+    assert_eq!(ok(TLS_BASE).tls.default_sni, None);
+
+    fails(
+        &format!("{TLS_BASE}[tls]\ndefault_sni = \"other.example.com\"\n[[site]]\nhosts = [\"app.example.com\"]\n"),
+        6,
+        15,
+        "tls.default_sni",
+        "no site with TLS has the host \"other.example.com\"",
+    );
+    fails(
+        &format!("{TLS_BASE}[tls]\ndefault_sni = \"*.example.com\"\n"),
+        6,
+        15,
+        "tls.default_sni",
+        "not a wildcard",
+    );
+    fails(
+        &format!("{TLS_BASE}[tls]\ndefault_sni = \"app.example.com:443\"\n"),
+        6,
+        15,
+        "tls.default_sni",
+        "without a port",
+    );
+    // A site with TLS off does not count.
+    fails(
+        &format!(
+            "{TLS_BASE}[tls]\ndefault_sni = \"plain.example.com\"\n[[site]]\nhosts = [\"plain.example.com\"]\ntls = \"off\"\n"
+        ),
+        6,
+        15,
+        "tls.default_sni",
+        "no site with TLS",
+    );
+}

@@ -169,6 +169,7 @@ pub(crate) fn convert_tls(
             acme,
             on_demand: None,
             sni_mismatch: SniMismatch::Refuse,
+            default_sni: None,
         });
     };
     let t = tls.into_inner();
@@ -182,6 +183,20 @@ pub(crate) fn convert_tls(
                 format!("unknown value {other:?}; expected \"421\" or \"allow\""),
             ));
         }
+    };
+    let default_sni = match &t.default_sni {
+        None => None,
+        Some(d) => match crate::convert::host_pattern(d.get_ref()) {
+            Ok(HostPattern::Exact(name)) => Some(name),
+            Ok(HostPattern::Wildcard(_)) => {
+                return Err(invalid(
+                    Some(d.span()),
+                    "tls.default_sni",
+                    "expected one host name or IP address of a site, not a wildcard",
+                ));
+            }
+            Err(m) => return Err(invalid(Some(d.span()), "tls.default_sni", m)),
+        },
     };
     let on_demand = match t.on_demand {
         None => None,
@@ -249,6 +264,7 @@ pub(crate) fn convert_tls(
         acme,
         on_demand,
         sni_mismatch,
+        default_sni,
     })
 }
 

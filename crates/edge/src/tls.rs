@@ -45,6 +45,7 @@ use crate::router::Router;
 #[derive(Clone)]
 pub struct TlsRuntime {
     config: Arc<ServerConfig>,
+    resolver: Arc<CertResolver>,
     challenges: Arc<Challenges>,
     on_demand: Option<Arc<CertManager>>,
 }
@@ -61,9 +62,10 @@ impl TlsRuntime {
     /// TLS for the HTTPS listeners with certificates from `resolver`, answering
     /// ACME HTTP-01 challenges from `challenges` on the plain-HTTP listeners.
     pub fn new(resolver: Arc<CertResolver>, challenges: Arc<Challenges>) -> Result<Self, EdgeError> {
-        let config = gatehouse_tls::server_config(resolver).map_err(EdgeError::Tls)?;
+        let config = gatehouse_tls::server_config(resolver.clone()).map_err(EdgeError::Tls)?;
         Ok(Self {
             config: Arc::new(config),
+            resolver,
             challenges,
             on_demand: None,
         })
@@ -175,9 +177,19 @@ pub(crate) async fn serve_connection(
     } else {
         (*builder).clone().http1_only()
     };
-    let sni = session
-        .server_name()
-        .map(|s| s.trim_end_matches('.').to_ascii_lowercase().into());
+    // Without SNI the client got the fallback name's certificate: the Host
+    // check holds it to that name.
+    let sni = match session.server_name() {
+        Some(s) => Some(s.trim_end_matches('.').to_ascii_lowercase().into()),
+        None => tls
+            .runtime
+            .resolver
+            .fallback_name()
+            .map(|name| match name.parse::<std::net::Ipv6Addr>() {
+                Ok(_) => format!("[{name}]").into(),
+                Err(_) => name.into(),
+            }),
+    };
     // Like the plain-HTTP listeners: a client that completes the handshake and
     // then sends nothing is closed after `header_timeout` (hyper's head timeout
     // only starts with the first byte). The first bytes are read through a small

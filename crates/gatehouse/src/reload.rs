@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use gatehouse_admin::{ReloadError, ReloadReport};
-use gatehouse_config::Config;
+use gatehouse_config::{Config, Tls};
 use gatehouse_edge::Reloader;
 use gatehouse_store::backup::{DataDirLock, LockError};
 
@@ -166,10 +166,14 @@ pub(crate) fn keep_restart_only(old: &Config, new: &mut Config) -> Vec<&'static 
     );
     keep("server.https", old.server.https != new.server.https);
     // Secrets in [acme] print as `***`: a changed EAB key alone is not noticed.
-    keep("acme, tls", format!("{:?}", old.tls) != format!("{:?}", new.tls));
+    // `[tls] default_sni` follows the sites, so it is not restart-only.
+    let default_sni = new.tls.default_sni.take();
+    let mut old_tls = old.tls.clone();
+    old_tls.default_sni = None;
+    keep("acme, tls", format!("{old_tls:?}") != format!("{:?}", new.tls));
     new.server.workers = old.server.workers;
     new.server.https = old.server.https.clone();
-    new.tls = old.tls.clone();
+    new.tls = Tls { default_sni, ..old_tls };
     new.server.data_dir = old.server.data_dir.clone();
     new.server.admin = old.server.admin.clone();
     new.server.watch_config = old.server.watch_config;

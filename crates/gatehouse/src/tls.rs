@@ -80,6 +80,8 @@ struct Source {
 /// A config's certificate sources, checked and ready to switch to.
 pub(crate) struct Plan {
     specs: Vec<(String, Spec)>,
+    /// Whose certificate answers handshakes without SNI.
+    fallback: Option<String>,
     /// Freshly loaded PEM files of new or changed [`Spec::Files`] sources.
     loaded: HashMap<String, LoadedCert>,
     internal: Option<Arc<InternalCa>>,
@@ -135,6 +137,27 @@ fn specs(config: &Config) -> Vec<(String, Spec)> {
         specs.push((key, spec));
     }
     specs
+}
+
+/// The host whose certificate answers handshakes without SNI: `[tls]
+/// default_sni`, else the first IP-address host of a TLS site (clients never
+/// send SNI for an address), else none.
+fn fallback_name(config: &Config) -> Option<String> {
+    if let Some(name) = &config.tls.default_sni {
+        return Some(name.trim_start_matches('[').trim_end_matches(']').to_owned());
+    }
+    config
+        .sites
+        .iter()
+        .filter(|s| s.tls != SiteTls::Off)
+        .flat_map(|s| &s.hosts)
+        .find_map(|h| match h {
+            HostPattern::Exact(name) => {
+                let bare = name.trim_start_matches('[').trim_end_matches(']');
+                bare.parse::<std::net::IpAddr>().is_ok().then(|| bare.to_owned())
+            }
+            HostPattern::Wildcard(_) => None,
+        })
 }
 
 /// Sets up certificates for every TLS site. Must run inside the control runtime:
@@ -290,6 +313,7 @@ impl Certificates {
         }
         Ok(Plan {
             specs,
+            fallback: fallback_name(config),
             loaded,
             internal,
             acme,
@@ -305,6 +329,7 @@ impl Certificates {
         let state = &mut *guard;
         state.internal = plan.internal;
         state.acme = plan.acme;
+        state.resolver.set_fallback_name(plan.fallback.as_deref());
         let mut loaded = plan.loaded;
         let wanted: HashMap<&str, &Spec> = plan.specs.iter().map(|(n, s)| (n.as_str(), s)).collect();
         let served_after: HashSet<&str> = plan

@@ -657,3 +657,63 @@ async fn a_tls_connection_that_sends_nothing_is_closed_after_header_timeout() {
         );
     }
 }
+
+/// Reads the leaf's IP-address subjectAltNames.
+fn leaf_ips(tls: &Tls) -> Vec<String> {
+    let leaf = &tls.get_ref().1.peer_certificates().unwrap()[0];
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
+    let mut out = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::IPAddress(ip) = name {
+                if let Ok(v4) = <[u8; 4]>::try_from(*ip) {
+                    out.push(std::net::Ipv4Addr::from(v4).to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_sni_get_the_ip_sites_or_the_default_sni_certificate() {
+    let dir = TempDir::new("gh-https-nosni");
+    let data = dir.0.join("data");
+    let d = data.display();
+    let config = |extra: &str| {
+        format!(
+            "[server]\nhttp = [\"127.0.0.1:0\"]\nhttps = [\"127.0.0.1:0\"]\nworkers = 1\ndata_dir = \"{d}\"\n\
+             [log]\naccess_log = \"off\"\n{extra}\n\
+             [[site]]\nhosts = [\"localhost\"]\nroute = [{{ path = \"/\", respond = {{ body = \"by name\" }} }}]\n\
+             [[site]]\nhosts = [\"127.0.0.1\"]\nroute = [{{ path = \"/\", respond = {{ body = \"by address\" }} }}]\n"
+        )
+    };
+
+    // An IP-address site (internal CA by default): clients never send SNI for an
+    // address, and get its certificate.
+    let (gh, _http, https) = serve(&config(""));
+    let root = std::fs::read_to_string(data.join("certs/ca/root.pem")).unwrap();
+    let client = client_config(&root, &[b"http/1.1"]);
+    let tls = wait_for_cert(https, "127.0.0.1", client.clone(), Duration::from_secs(15)).await;
+    assert_eq!(leaf_ips(&tls), vec!["127.0.0.1".to_owned()]);
+    assert_eq!(get(tls, "127.0.0.1", "/").await.body, "by address");
+    // The connection is held to that name: another site's Host gets 421.
+    let tls = connect(https, "127.0.0.1", client.clone()).await.unwrap();
+    assert_eq!(get(tls, "localhost", "/").await.status, StatusCode::MISDIRECTED_REQUEST);
+    drop(gh);
+
+    // `[tls] default_sni` picks the certificate instead: a client that sends no SNI
+    // (SNI off, verifying the name itself) gets localhost's.
+    let (_gh, _http, https) = serve(&config("[tls]\ndefault_sni = \"localhost\"\n"));
+    let mut no_sni = (*client_config(&root, &[b"http/1.1"])).clone();
+    no_sni.enable_sni = false;
+    let no_sni = Arc::new(no_sni);
+    let tls = wait_for_cert(https, "localhost", no_sni.clone(), Duration::from_secs(15)).await;
+    assert_eq!(leaf_names(&tls), vec!["localhost".to_owned()]);
+    assert_eq!(get(tls, "localhost", "/").await.body, "by name");
+    let tls = connect(https, "localhost", no_sni).await.unwrap();
+    assert_eq!(get(tls, "127.0.0.1", "/").await.status, StatusCode::MISDIRECTED_REQUEST);
+    // Clients that send SNI are unaffected.
+    let tls = connect(https, "localhost", client).await.unwrap();
+    assert_eq!(get(tls, "localhost", "/").await.body, "by name");
+}

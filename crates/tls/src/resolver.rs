@@ -51,7 +51,8 @@ pub struct CertExpiry {
 #[derive(Debug)]
 pub struct CertResolver {
     certs: ArcSwap<HashMap<String, Entry>>,
-    fallback: ArcSwap<Option<Entry>>,
+    /// The name whose certificate answers handshakes without SNI.
+    fallback: ArcSwap<Option<String>>,
     challenges: Arc<Challenges>,
 }
 
@@ -92,13 +93,16 @@ impl CertResolver {
         removed
     }
 
-    /// The certificate for handshakes without SNI (clients connecting by IP address).
-    /// Without one such handshakes fail.
-    pub fn set_fallback(&self, cert: Option<&LoadedCert>) {
-        self.fallback.store(Arc::new(cert.map(|c| Entry {
-            key: c.key.clone(),
-            validity: c.validity,
-        })));
+    /// Answers handshakes without SNI (clients connecting by IP address send
+    /// none) with the certificate served for `name` at that moment, so it
+    /// follows renewals; `None` makes such handshakes fail.
+    pub fn set_fallback_name(&self, name: Option<&str>) {
+        self.fallback.store(Arc::new(name.map(normalize)));
+    }
+
+    /// The name whose certificate answers handshakes without SNI.
+    pub fn fallback_name(&self) -> Option<String> {
+        self.fallback.load().as_ref().clone()
     }
 
     /// The certificate that would be served for `sni`.
@@ -168,7 +172,7 @@ impl ResolvesServerCert for CertResolver {
         }
         match sni {
             Some(sni) => self.lookup(sni),
-            None => self.fallback.load().as_ref().as_ref().map(|e| e.key.clone()),
+            None => self.fallback.load().as_deref().and_then(|name| self.lookup(name)),
         }
     }
 }

@@ -43,21 +43,39 @@ async fn sni_selects_among_names_and_refuses_unknown() {
     assert!(handshake(server.addr, "a.test", fresh()).await.is_err());
 }
 
-/// Clients connecting by IP address send no SNI; they get the fallback certificate,
-/// and without one the handshake fails.
+/// Clients connecting by IP address send no SNI; they get the certificate of the
+/// fallback name as it is when they connect, and without one the handshake fails.
 #[tokio::test]
-async fn no_sni_gets_the_fallback_certificate() {
+async fn no_sni_gets_the_fallback_names_certificate() {
     let dir = TempDir::new("tls-no-sni");
     let (resolver, ca) = resolver_with_internal_certs(&dir.0, &["a.test"]);
     let server = TlsServer::start(resolver.clone()).await;
     let client = client_config(ca.root_pem(), &[&TLS13], &[]);
     assert!(handshake(server.addr, "127.0.0.1", client.clone()).await.is_err());
 
-    let pem = ca.issue(&["127.0.0.1".into()], std::time::SystemTime::now()).unwrap();
-    let loaded = gatehouse_tls::LoadedCert::from_pem("127.0.0.1", &pem).unwrap();
+    // Named before its certificate exists: still no certificate.
+    resolver.set_fallback_name(Some("127.0.0.1"));
+    assert_eq!(resolver.fallback_name().as_deref(), Some("127.0.0.1"));
+    assert!(handshake(server.addr, "127.0.0.1", client.clone()).await.is_err());
+
+    let issue = || {
+        let pem = ca.issue(&["127.0.0.1".into()], std::time::SystemTime::now()).unwrap();
+        gatehouse_tls::LoadedCert::from_pem("127.0.0.1", &pem).unwrap()
+    };
+    let loaded = issue();
     assert_eq!(loaded.names, vec!["127.0.0.1".to_owned()]);
-    resolver.set_fallback(Some(&loaded));
-    handshake(server.addr, "127.0.0.1", client).await.unwrap();
+    resolver.set("127.0.0.1", &loaded);
+    // Fresh clients, so no session is resumed.
+    let fresh = || client_config(ca.root_pem(), &[&TLS13], &[]);
+    let first = handshake(server.addr, "127.0.0.1", fresh()).await.unwrap().leaf;
+    assert_eq!(first.as_ref(), loaded.key.cert[0].as_ref());
+    // A renewal is served to clients without SNI at once.
+    resolver.set("127.0.0.1", &issue());
+    let renewed = handshake(server.addr, "127.0.0.1", fresh()).await.unwrap().leaf;
+    assert_ne!(first, renewed);
+
+    resolver.set_fallback_name(None);
+    assert!(handshake(server.addr, "127.0.0.1", client).await.is_err());
 }
 
 #[tokio::test]
