@@ -5,7 +5,7 @@
 # P-256, 90 days, SAN localhost, serverAuth, a CRL distribution point and an OCSP
 # URI), serves it from a files-mode site (`tls = { cert, key }`, everything else at
 # its default, so HSTS and the security headers are on; `/` answers a small HTML
-# page) on 127.0.0.1, runs testssl.sh against https://localhost:PORT/ with the CA
+# page; `[tls] default_sni` names the site for clients without SNI) on 127.0.0.1, runs testssl.sh against https://localhost:PORT/ with the CA
 # passed as --add-ca, and summarizes its JSON: findings per severity, then every
 # finding of severity LOW or higher (and WARN: a check testssl could not complete).
 # Exits non-zero when there is a MEDIUM, HIGH or CRITICAL finding, or when the scan
@@ -103,6 +103,9 @@ data_dir = "$TMP/data"
 [log]
 level = "warn"
 access_log = "$TMP/access.log"
+# Clients without SNI (some of testssl's openssl probes) get this site's certificate.
+[tls]
+default_sni = "localhost"
 [[site]]
 hosts = ["localhost"]
 tls = { cert = "$TMP/chain.pem", key = "$TMP/leaf.key" }
