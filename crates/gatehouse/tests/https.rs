@@ -125,18 +125,22 @@ async fn get_http(addr: SocketAddr, host: &str, path: &str) -> gatehouse_testkit
     gatehouse_testkit::client::get(&format!("http://{addr}{path}"), &[("host", host)]).await
 }
 
-fn leaf_names(tls: &Tls) -> Vec<String> {
+/// The leaf's subjectAltName entries that `pick` keeps.
+fn leaf_sans<T>(tls: &Tls, pick: impl Fn(&x509_parser::extensions::GeneralName<'_>) -> Option<T>) -> Vec<T> {
     let leaf = &tls.get_ref().1.peer_certificates().unwrap()[0];
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
-    let mut out = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::DNSName(n) = name {
-                out.push((*n).to_owned());
-            }
-        }
+    match cert.subject_alternative_name() {
+        Ok(Some(san)) => san.value.general_names.iter().filter_map(pick).collect(),
+        _ => Vec::new(),
     }
-    out
+}
+
+/// The leaf's DNS-name subjectAltNames.
+fn leaf_names(tls: &Tls) -> Vec<String> {
+    leaf_sans(tls, |name| match name {
+        x509_parser::extensions::GeneralName::DNSName(n) => Some((*n).to_owned()),
+        _ => None,
+    })
 }
 
 const INTERNAL: &str = r#"
@@ -658,21 +662,14 @@ async fn a_tls_connection_that_sends_nothing_is_closed_after_header_timeout() {
     }
 }
 
-/// Reads the leaf's IP-address subjectAltNames.
+/// The leaf's IPv4-address subjectAltNames.
 fn leaf_ips(tls: &Tls) -> Vec<String> {
-    let leaf = &tls.get_ref().1.peer_certificates().unwrap()[0];
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
-    let mut out = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::IPAddress(ip) = name {
-                if let Ok(v4) = <[u8; 4]>::try_from(*ip) {
-                    out.push(std::net::Ipv4Addr::from(v4).to_string());
-                }
-            }
-        }
-    }
-    out
+    leaf_sans(tls, |name| match name {
+        x509_parser::extensions::GeneralName::IPAddress(ip) => <[u8; 4]>::try_from(*ip)
+            .ok()
+            .map(|v4| std::net::Ipv4Addr::from(v4).to_string()),
+        _ => None,
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
