@@ -93,8 +93,9 @@ pub(crate) const KEEP_OPEN_MIN: u64 = 32 * 1024;
 /// the process's file-descriptor limit. Files beyond it are served from memory.
 pub(crate) const MAX_OPEN_FILES: usize = 256;
 
-/// An open file counted against its root's [`MAX_OPEN_FILES`] until the last
-/// response using it is done.
+/// An open file counted against its root's [`MAX_OPEN_FILES`] while its cache
+/// entry lives. A response being sent holds its own handle, so an evicted
+/// entry's descriptor stays open until those responses are done.
 #[derive(Debug)]
 pub(crate) struct KeptFile {
     pub(crate) file: Arc<File>,
