@@ -23,8 +23,8 @@ use tokio::sync::OnceCell;
 /// Site certificates follow reloads: [`Certificates::prepare`] checks a new
 /// config's certificate sources (loads changed PEM files, creates the internal CA
 /// if a site needs it first), and [`Certificates::apply`] switches to them once the
-/// edge has accepted the config. The `[acme]` and `[tls]` sections and the HTTPS
-/// listeners need a restart.
+/// edge has accepted the config, with the no-SNI fallback name. The `[acme]`
+/// section, `[tls]` but for `default_sni`, and the HTTPS listeners need a restart.
 pub(crate) struct Certificates {
     /// What the edge serves HTTPS with.
     pub(crate) runtime: TlsRuntime,
