@@ -1,7 +1,5 @@
 //! `GET /certificates`: every certificate being served, with its expiry.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -27,27 +25,13 @@ pub struct CertificatesSnapshot {
     pub certificates: Vec<CertificateView>,
 }
 
-/// Produces the current certificate list; the binary wires it to the certificate manager.
-#[derive(Clone)]
-pub struct CertificatesSource(Arc<dyn Fn() -> CertificatesSnapshot + Send + Sync>);
-
-impl CertificatesSource {
-    /// Wraps a snapshot function.
-    pub fn new(f: impl Fn() -> CertificatesSnapshot + Send + Sync + 'static) -> Self {
-        Self(Arc::new(f))
-    }
-}
-
-impl std::fmt::Debug for CertificatesSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CertificatesSource")
-    }
-}
+/// Produces the current certificate list; the binary wires it to the running server.
+pub type CertificatesSource = crate::view::LiveView<CertificatesSnapshot>;
 
 pub(crate) fn routes() -> Router<AdminState> {
     Router::new().route("/certificates", get(list))
 }
 
 async fn list(State(state): State<AdminState>) -> Json<CertificatesSnapshot> {
-    Json(state.certificates.as_ref().map(|f| (f.0)()).unwrap_or_default())
+    CertificatesSource::answer(state.certificates.as_ref())
 }

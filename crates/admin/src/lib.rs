@@ -30,6 +30,7 @@ mod reload;
 mod state;
 mod upload;
 mod upstreams;
+mod view;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -45,6 +46,7 @@ pub use error::ApiError;
 pub use reload::{ReloadError, ReloadReport, ReloadSource};
 pub use state::{AdminState, DEFAULT_UPLOAD_IDLE_TIMEOUT, DEFAULT_UPLOAD_TIMEOUT};
 pub use upstreams::{TargetView, UpstreamView, UpstreamsSnapshot, UpstreamsSource};
+pub use view::LiveView;
 
 /// Largest body of a request that is not an upload (a rollback's
 /// `{"id": "…"}`): anything bigger is not a well-meant request.

@@ -1,7 +1,5 @@
 //! `GET /upstreams`: the live state of every upstream target.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -42,27 +40,13 @@ pub struct UpstreamsSnapshot {
     pub upstreams: Vec<UpstreamView>,
 }
 
-/// Produces the current upstream states; the binary wires it to the edge.
-#[derive(Clone)]
-pub struct UpstreamsSource(Arc<dyn Fn() -> UpstreamsSnapshot + Send + Sync>);
-
-impl UpstreamsSource {
-    /// Wraps a snapshot function.
-    pub fn new(f: impl Fn() -> UpstreamsSnapshot + Send + Sync + 'static) -> Self {
-        Self(Arc::new(f))
-    }
-}
-
-impl std::fmt::Debug for UpstreamsSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("UpstreamsSource")
-    }
-}
+/// Produces the current upstream states; the binary wires it to the running server.
+pub type UpstreamsSource = crate::view::LiveView<UpstreamsSnapshot>;
 
 pub(crate) fn routes() -> Router<AdminState> {
     Router::new().route("/upstreams", get(list))
 }
 
 async fn list(State(state): State<AdminState>) -> Json<UpstreamsSnapshot> {
-    Json(state.upstreams.as_ref().map(|f| (f.0)()).unwrap_or_default())
+    UpstreamsSource::answer(state.upstreams.as_ref())
 }
