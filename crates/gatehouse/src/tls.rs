@@ -28,18 +28,19 @@ use tokio::sync::OnceCell;
 pub(crate) struct Certificates {
     /// What the edge serves HTTPS with.
     pub(crate) runtime: TlsRuntime,
-    state: Mutex<State>,
-}
-
-struct State {
     resolver: Arc<CertResolver>,
     store: Arc<FileStore>,
     challenges: Arc<Challenges>,
     /// The startup config's `[acme]`, for an ACME site added by a reload.
     acme_config: Option<gatehouse_config::Acme>,
+    manager: Arc<CertManager>,
+    /// What reloads change. Never held across file I/O.
+    state: Mutex<State>,
+}
+
+struct State {
     internal: Option<Arc<InternalCa>>,
     acme: Option<Arc<LazyAcme>>,
-    manager: Arc<CertManager>,
     /// The running sources, by certificate name (a site's first host name).
     sources: HashMap<String, Source>,
 }
@@ -104,10 +105,15 @@ fn cert_names(hosts: &[HostPattern]) -> Vec<String> {
     hosts
         .iter()
         .map(|h| match h {
-            HostPattern::Exact(s) => s.trim_start_matches('[').trim_end_matches(']').to_owned(),
+            HostPattern::Exact(s) => cert_name(s).to_owned(),
             HostPattern::Wildcard(suffix) => format!("*{suffix}"),
         })
         .collect()
+}
+
+/// An exact host as a certificate spells it: IPv6 without brackets.
+fn cert_name(host: &str) -> &str {
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// Each TLS site's certificate source, by certificate name.
@@ -144,7 +150,7 @@ fn specs(config: &Config) -> Vec<(String, Spec)> {
 /// send SNI for an address), else none.
 fn fallback_name(config: &Config) -> Option<String> {
     if let Some(name) = &config.tls.default_sni {
-        return Some(name.trim_start_matches('[').trim_end_matches(']').to_owned());
+        return Some(cert_name(name).to_owned());
     }
     config
         .sites
@@ -153,7 +159,7 @@ fn fallback_name(config: &Config) -> Option<String> {
         .flat_map(|s| &s.hosts)
         .find_map(|h| match h {
             HostPattern::Exact(name) => {
-                let bare = name.trim_start_matches('[').trim_end_matches(']');
+                let bare = cert_name(name);
                 bare.parse::<std::net::IpAddr>().is_ok().then(|| bare.to_owned())
             }
             HostPattern::Wildcard(_) => None,
@@ -234,14 +240,14 @@ pub(crate) fn start(config: &Config) -> anyhow::Result<Option<Certificates>> {
     }
     let certificates = Certificates {
         runtime,
+        resolver,
+        store,
+        challenges,
+        acme_config: config.tls.acme.clone(),
+        manager,
         state: Mutex::new(State {
-            resolver,
-            store,
-            challenges,
-            acme_config: config.tls.acme.clone(),
             internal: None,
             acme,
-            manager,
             sources: HashMap::new(),
         }),
     };
@@ -253,7 +259,7 @@ pub(crate) fn start(config: &Config) -> anyhow::Result<Option<Certificates>> {
 impl Certificates {
     /// Every served host name with its certificate's expiry, sorted by name.
     pub(crate) fn expiries(&self) -> Vec<gatehouse_tls::CertExpiry> {
-        self.state().manager.expiries()
+        self.manager.expiries()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -265,15 +271,22 @@ impl Certificates {
     /// internal CA or the ACME client if a site needs one for the first time.
     /// Blocking file I/O. An error names the site and the file.
     pub(crate) fn prepare(&self, config: &Config) -> anyhow::Result<Plan> {
-        let state = self.state();
         let specs = specs(config);
+        // A snapshot: reloads run one at a time, so nothing changes it before `apply`.
+        let (mut internal, mut acme, unchanged) = {
+            let state = self.state();
+            let unchanged: HashSet<&str> = specs
+                .iter()
+                .filter(|(name, spec)| state.sources.get(name).is_some_and(|s| s.spec == *spec))
+                .map(|(name, _)| name.as_str())
+                .collect();
+            (state.internal.clone(), state.acme.clone(), unchanged)
+        };
         let mut loaded = HashMap::new();
-        let mut internal = state.internal.clone();
-        let mut acme = state.acme.clone();
         for (name, spec) in &specs {
             match spec {
                 Spec::Files { names, cert, key } => {
-                    if state.sources.get(name).is_some_and(|s| s.spec == *spec) {
+                    if unchanged.contains(name.as_str()) {
                         continue;
                     }
                     let site = site_of(config, name);
@@ -296,7 +309,7 @@ impl Certificates {
                     ..
                 } if acme.is_none() => {
                     // [acme] is restart-only, so the startup config's is the one in force.
-                    let Some(a) = &state.acme_config else {
+                    let Some(a) = &self.acme_config else {
                         anyhow::bail!(
                             "site {}: tls = \"acme\" needs an [acme] section, and adding one needs a restart",
                             site_of(config, name)
@@ -304,8 +317,8 @@ impl Certificates {
                     };
                     acme = Some(Arc::new(LazyAcme::new(
                         acme_config(a),
-                        state.store.clone(),
-                        state.challenges.clone(),
+                        self.store.clone(),
+                        self.challenges.clone(),
                     )));
                 }
                 Spec::Managed { .. } => {}
@@ -329,7 +342,7 @@ impl Certificates {
         let state = &mut *guard;
         state.internal = plan.internal;
         state.acme = plan.acme;
-        state.resolver.set_fallback_name(plan.fallback.as_deref());
+        self.resolver.set_fallback_name(plan.fallback.as_deref());
         let mut loaded = plan.loaded;
         let wanted: HashMap<&str, &Spec> = plan.specs.iter().map(|(n, s)| (n.as_str(), s)).collect();
         let served_after: HashSet<&str> = plan
@@ -353,10 +366,10 @@ impl Certificates {
             };
             let still_managed = matches!(wanted.get(name.as_str()), Some(Spec::Managed { .. }));
             if matches!(source.spec, Spec::Managed { .. }) && !still_managed {
-                state.manager.remove(&name);
+                self.manager.remove(&name);
             }
             for host in source.spec.names() {
-                if !served_after.contains(host.as_str()) && state.resolver.remove(host) {
+                if !served_after.contains(host.as_str()) && self.resolver.remove(host) {
                     removed.push(host.clone());
                 }
             }
@@ -375,7 +388,7 @@ impl Certificates {
                         // `prepare` set up the issuer every managed source needs.
                         _ => continue,
                     };
-                    state.manager.add(ManagedCert {
+                    self.manager.add(ManagedCert {
                         names: names.clone(),
                         issuer,
                     });
@@ -391,7 +404,7 @@ impl Certificates {
                         cert.clone(),
                         key.clone(),
                         &pem,
-                        state.resolver.clone(),
+                        self.resolver.clone(),
                         gatehouse_tls::files::FILE_POLL_INTERVAL,
                     ))
                 }
