@@ -500,8 +500,10 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Writes `config` over the running server's file and reloads it through
 /// `POST /reload` on the admin address; the status and the JSON or error body.
-async fn admin_reload(admin: &str, token: &str) -> gatehouse_testkit::client::Reply {
+async fn reload_with(gh: &Process, config: &str, admin: &str, token: &str) -> gatehouse_testkit::client::Reply {
+    std::fs::write(&gh.config, config).unwrap();
     let req = Request::post(format!("{admin}/reload"))
         .header("authorization", format!("Bearer {token}"))
         .body(gatehouse_testkit::client::body(Bytes::new()))
@@ -557,16 +559,12 @@ async fn certificates_follow_reload_and_bad_files_refuse_it() {
 
     // Site a goes, site b and an internal site come: served as soon as the reload answers
     // (b) or once issued (new.localhost); the unchanged site keeps its certificate.
-    std::fs::write(
-        &gh.config,
-        config(&[
-            files_site("b.example.com", "b.example.com.pem"),
-            internal_site("localhost", "two"),
-            internal_site("new.localhost", "new"),
-        ]),
-    )
-    .unwrap();
-    let reply = admin_reload(&admin, token).await;
+    let sites = config(&[
+        files_site("b.example.com", "b.example.com.pem"),
+        internal_site("localhost", "two"),
+        internal_site("new.localhost", "new"),
+    ]);
+    let reply = reload_with(&gh, &sites, &admin, token).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let tls = connect(https, "b.example.com", trusted.clone()).await.unwrap();
     assert_eq!(leaf_names(&tls), vec!["b.example.com".to_owned()]);
@@ -608,16 +606,12 @@ async fn certificates_follow_reload_and_bad_files_refuse_it() {
 
     // A certificate file that cannot be read refuses the whole reload, with the site
     // and the file named; everything keeps serving as before.
-    std::fs::write(
-        &gh.config,
-        config(&[
-            files_site("b.example.com", "missing.pem"),
-            internal_site("localhost", "three"),
-            internal_site("new.localhost", "new"),
-        ]),
-    )
-    .unwrap();
-    let reply = admin_reload(&admin, token).await;
+    let sites = config(&[
+        files_site("b.example.com", "missing.pem"),
+        internal_site("localhost", "three"),
+        internal_site("new.localhost", "new"),
+    ]);
+    let reply = reload_with(&gh, &sites, &admin, token).await;
     assert_eq!(reply.status, StatusCode::CONFLICT, "{}", reply.text());
     let text = reply.text();
     assert!(

@@ -224,9 +224,7 @@ async fn concurrent_large_downloads_keep_memory_and_threads_bounded() {
     let root = dir.0.join("root");
     std::fs::create_dir_all(&root).unwrap();
     // 8 MiB of varied bytes, so nothing compresses it.
-    let data: Vec<u8> = (0..8u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
+    let data = gatehouse_testkit::data::noise(8 << 20);
     std::fs::write(root.join("big.bin"), &data).unwrap();
     let toml = format!(
         "[server]\nhttp = [\"127.0.0.1:0\"]\nworkers = 2\ndata_dir = \"{}\"\n[log]\naccess_log = \"off\"\n\
@@ -362,9 +360,7 @@ async fn large_files_go_out_with_sendfile_on_plain_http1_and_arrive_intact() {
     std::fs::create_dir_all(&root).unwrap();
     // 6 MiB of varied bytes: above the in-memory cache's size limit, and any
     // zeros or misplaced bytes would show.
-    let data: Vec<u8> = (0..6u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
+    let data = gatehouse_testkit::data::noise(6 << 20);
     std::fs::write(root.join("big.bin"), &data).unwrap();
     std::fs::write(root.join("small.txt"), "small file").unwrap();
     // 100 KiB: kept in the in-memory cache, and large enough to keep its
