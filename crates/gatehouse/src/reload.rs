@@ -298,3 +298,30 @@ fn post_reload(url: &str, token: Option<&str>) -> anyhow::Result<()> {
         None => bail!("reload failed: the admin API answered {status}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn config(tls: &str) -> Config {
+        let text = format!(
+            "[server]\nhttps = [\"127.0.0.1:8443\"]\n{tls}\n\
+             [[site]]\nhosts = [\"a.localhost\"]\n[[site]]\nhosts = [\"b.localhost\"]\n"
+        );
+        gatehouse_config::parse(&text, Path::new("/etc/gatehouse/gatehouse.toml")).unwrap()
+    }
+
+    #[test]
+    fn default_sni_follows_a_reload_and_the_rest_of_tls_does_not() {
+        let old = config("[tls]\ndefault_sni = \"a.localhost\"\n");
+        let mut new = config("[tls]\ndefault_sni = \"b.localhost\"\n");
+        assert!(keep_restart_only(&old, &mut new).is_empty());
+        assert_eq!(new.tls.default_sni.as_deref(), Some("b.localhost"));
+
+        let mut new = config("[tls]\ndefault_sni = \"b.localhost\"\nsni_mismatch = \"allow\"\n");
+        assert_eq!(keep_restart_only(&old, &mut new), vec!["acme, tls"]);
+        assert_eq!(new.tls.sni_mismatch, old.tls.sni_mismatch, "restart-only part kept");
+        assert_eq!(new.tls.default_sni.as_deref(), Some("b.localhost"));
+    }
+}
