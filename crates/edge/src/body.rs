@@ -20,7 +20,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
-use crate::pool::PooledConn;
+use crate::h1::UpstreamBody;
 
 /// Limits on how a client sends a request body (`[limits]` and the route's
 /// `max_body_size`).
@@ -229,8 +229,8 @@ impl Drop for InFlight {
 pin_project! {
     #[project = KindProj]
     enum Kind {
-        // `conn` goes back to its pool when `body` has been read to the end.
-        Upstream { #[pin] body: Incoming, conn: Option<PooledConn>, in_flight: Option<InFlight> },
+        // The connection goes back to its pool when `body` has been read to the end.
+        Upstream { #[pin] body: UpstreamBody, in_flight: Option<InFlight> },
         Full { data: Option<Bytes> },
         File { #[pin] body: FileBody },
     }
@@ -251,18 +251,12 @@ pin_project! {
 }
 
 impl ResponseBody {
-    /// Streams an upstream body; `conn` is released to its pool when the body
-    /// ends, or closed if the body is dropped before that.
-    pub(crate) fn upstream(body: Incoming, conn: PooledConn, in_flight: Option<InFlight>) -> Self {
-        let conn = if body.is_end_stream() {
-            // Nothing left to read (204, 304, HEAD, empty body): reusable now.
-            conn.release();
-            None
-        } else {
-            Some(conn)
-        };
+    /// Streams an upstream body; its connection is released to its pool when
+    /// the body ends, or closed if the body is dropped before that.
+    pub(crate) fn upstream(body: UpstreamBody, in_flight: Option<InFlight>) -> Self {
+        let in_flight = if body.is_end_stream() { None } else { in_flight };
         Self {
-            kind: Kind::Upstream { body, conn, in_flight },
+            kind: Kind::Upstream { body, in_flight },
             log: None,
             guards: Vec::new(),
         }
@@ -315,11 +309,7 @@ impl Body for ResponseBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Chunk>, BoxError>>> {
         let this = self.project();
         let res = match this.kind.project() {
-            KindProj::Upstream {
-                mut body,
-                conn,
-                in_flight,
-            } => {
+            KindProj::Upstream { mut body, in_flight } => {
                 let res = body.as_mut().poll_frame(cx);
                 let finished = match &res {
                     Poll::Ready(None) => true,
@@ -327,9 +317,6 @@ impl Body for ResponseBody {
                     _ => false,
                 };
                 if finished {
-                    if let Some(conn) = conn.take() {
-                        conn.release();
-                    }
                     in_flight.take();
                 }
                 res.map(|f| f.map(|f| f.map(|f| f.map_data(Chunk::Bytes)).map_err(Into::into)))

@@ -35,6 +35,7 @@ use gatehouse_policy::{ConcurrencyGuard, Decision};
 
 use crate::body::{BodyFault, BodyRules, InFlight, PendingLog, RequestBody, RequestBodyError, ResponseBody};
 use crate::forwarding::{self, PeerInfo, X_REQUEST_ID};
+use crate::h1::ExchangeError;
 use crate::path::{self, PathError};
 use crate::policies::{self, PolicySet};
 use crate::pool::{SendError, TargetPool};
@@ -772,7 +773,7 @@ impl Worker {
             let sent = tokio::time::timeout(pool.response_timeout, target.pool.send(upstream_req)).await;
             ctx.upstream_duration = Some(start.elapsed());
             match sent {
-                Ok(Ok((resp, conn))) => {
+                Ok(Ok(resp)) => {
                     let status = resp.status();
                     if status.is_server_error() {
                         health.record_failure();
@@ -792,7 +793,7 @@ impl Worker {
                     } else {
                         health.record_success();
                     }
-                    break Some((resp, conn, in_flight, choice));
+                    break Some((resp, in_flight, choice));
                 }
                 Ok(Err(_)) if client_fault() => break None,
                 Ok(Err((e, unsent))) => {
@@ -821,7 +822,7 @@ impl Worker {
                 }
             }
         };
-        let Some((mut resp, conn, in_flight, choice)) = outcome else {
+        let Some((mut resp, in_flight, choice)) = outcome else {
             if let Some(fault) = &fault {
                 // The client, not the upstream, broke the exchange.
                 if fault.too_large() {
@@ -847,27 +848,22 @@ impl Worker {
                     &ctx.request_id,
                 );
             };
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let request_id = ctx.request_id.clone();
+            let (parts, body) = resp.into_parts();
+            let Some(mut upstream) = body.into_upgraded() else {
+                return local_error(StatusCode::BAD_GATEWAY, "upstream connection lost", &ctx.request_id);
+            };
             tokio::spawn(async move {
-                let (client, upstream) = tokio::join!(client_upgrade, upstream_upgrade);
-                match (client, upstream) {
-                    (Ok(client), Ok(upstream)) => {
+                match client_upgrade.await {
+                    Ok(client) => {
                         let mut client = TokioIo::new(client);
-                        let mut upstream = TokioIo::new(upstream);
                         if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
                             tracing::debug!(?request_id, error = %e, "Upgraded connection ended with an error.");
                         }
                     }
-                    (c, u) => tracing::debug!(
-                        ?request_id,
-                        client_ok = c.is_ok(),
-                        upstream_ok = u.is_ok(),
-                        "Upgrade did not complete."
-                    ),
+                    Err(e) => tracing::debug!(?request_id, error = %e, "Client upgrade did not complete."),
                 }
             });
-            let (parts, _) = resp.into_parts();
             return Response::from_parts(parts, ResponseBody::empty());
         }
         forwarding::strip_hop_by_hop(resp.headers_mut());
@@ -878,7 +874,7 @@ impl Worker {
                 }
             }
         }
-        resp.map(|body| ResponseBody::upstream(body, conn, in_flight))
+        resp.map(|body| ResponseBody::upstream(body, in_flight))
     }
 
     /// 503 when no target can take a request, with `Retry-After` set to when one
@@ -918,7 +914,7 @@ fn is_html(h: &http::HeaderMap) -> bool {
 }
 
 /// Methods that may be repeated without changing the outcome (RFC 9110 §9.2.2).
-fn is_idempotent(m: &http::Method) -> bool {
+pub(crate) fn is_idempotent(m: &http::Method) -> bool {
     matches!(
         *m,
         http::Method::GET
@@ -968,7 +964,13 @@ fn classify(e: &SendError) -> (StatusCode, &'static str) {
     match e {
         SendError::ConnectTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "upstream connect timed out"),
         SendError::Connect { .. } => (StatusCode::BAD_GATEWAY, "upstream connection failed"),
-        SendError::Http { .. } => (StatusCode::BAD_GATEWAY, "upstream closed the connection"),
+        SendError::Exchange { source, .. } => match source {
+            ExchangeError::Closed | ExchangeError::ClosedInHead | ExchangeError::Io(_) => {
+                (StatusCode::BAD_GATEWAY, "upstream closed the connection")
+            }
+            ExchangeError::RequestBody(_) => (StatusCode::BAD_REQUEST, "request body could not be read"),
+            _ => (StatusCode::BAD_GATEWAY, "invalid upstream response"),
+        },
     }
 }
 

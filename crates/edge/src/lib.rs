@@ -14,6 +14,7 @@
 mod body;
 mod forwarding;
 mod generation;
+mod h1;
 mod handler;
 mod healthcheck;
 mod path;

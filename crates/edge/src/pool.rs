@@ -3,7 +3,7 @@
 //! Each worker owns its pools, so a pooled connection is only ever used by the
 //! thread that opened it and the lock below is never contended. A connection is
 //! checked out for one request and comes back when that request's response body
-//! has been read to the end (see `body.rs`); a response abandoned half-way closes
+//! has been read to the end (see `h1.rs`); a response abandoned half-way closes
 //! its connection instead, so a half-read response can never leak into the next
 //! request.
 
@@ -13,12 +13,10 @@ use std::time::{Duration, Instant};
 
 use gatehouse_config::{Target, Upstream};
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
+use crate::h1::{Conn, Exchange, ExchangeError, Failed, UpstreamBody};
 
 /// Why a request could not be sent to a target.
 #[derive(Debug, thiserror::Error)]
@@ -35,10 +33,10 @@ pub(crate) enum SendError {
     },
     /// The HTTP exchange failed after connecting.
     #[error("exchange with {target}: {source}")]
-    Http {
+    Exchange {
         target: String,
         #[source]
-        source: hyper::Error,
+        source: ExchangeError,
     },
 }
 
@@ -69,23 +67,8 @@ pub(crate) struct TargetPool {
 }
 
 struct IdleConn {
-    sender: http1::SendRequest<RequestBody>,
+    conn: Conn,
     since: Instant,
-}
-
-/// A connection checked out of a pool; hand it back with [`PooledConn::release`]
-/// once its response is complete.
-pub(crate) struct PooledConn {
-    sender: http1::SendRequest<RequestBody>,
-    pool: Arc<TargetPool>,
-}
-
-impl PooledConn {
-    /// Returns the connection to its pool for the next request.
-    pub(crate) fn release(self) {
-        let pool = self.pool.clone();
-        pool.put(self.sender);
-    }
 }
 
 impl TargetPool {
@@ -111,117 +94,95 @@ impl TargetPool {
             && self.connect_timeout == upstream.connect_timeout
     }
 
-    fn put(&self, sender: http1::SendRequest<RequestBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    /// Takes back a connection whose exchange ended cleanly.
+    pub(crate) fn put(&self, conn: Conn) {
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < self.max_idle {
                 idle.push(IdleConn {
-                    sender,
+                    conn,
                     since: Instant::now(),
                 });
             }
         }
     }
 
-    /// The most recently used live connection, if any.
-    fn take_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
+    /// The most recently used connection that is still open, if any.
+    fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
-        while let Some(conn) = idle.pop() {
-            if !conn.sender.is_closed() && conn.since.elapsed() < self.idle_timeout {
-                return Some(conn.sender);
+        while let Some(mut idle_conn) = idle.pop() {
+            if idle_conn.since.elapsed() < self.idle_timeout && idle_conn.conn.is_reusable() {
+                return Some(idle_conn.conn);
             }
         }
         None
     }
 
-    async fn connect(&self) -> Result<http1::SendRequest<RequestBody>, SendError> {
+    async fn connect(&self) -> Result<Conn, SendError> {
         let target = || self.target.authority.to_string();
         let connecting = async {
             let stream = tcp_connect(&self.target).await?;
             stream.set_nodelay(true)?;
             Ok::<_, std::io::Error>(stream)
         };
-        let stream = match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Err(_) => {
-                return Err(SendError::ConnectTimeout {
-                    target: target(),
-                    timeout: self.connect_timeout,
-                });
-            }
-            Ok(Err(source)) => {
-                return Err(SendError::Connect {
-                    target: target(),
-                    source,
-                });
-            }
-            Ok(Ok(s)) => s,
-        };
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| SendError::Http {
+        match tokio::time::timeout(self.connect_timeout, connecting).await {
+            Err(_) => Err(SendError::ConnectTimeout {
+                target: target(),
+                timeout: self.connect_timeout,
+            }),
+            Ok(Err(source)) => Err(SendError::Connect {
                 target: target(),
                 source,
-            })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "Upstream connection ended with an error.");
-            }
-        });
-        Ok(sender)
+            }),
+            Ok(Ok(stream)) => Ok(Conn::new(stream)),
+        }
     }
 
-    /// Sends `req` on a pooled or new connection. A request that a pooled
-    /// connection closed before it was written is sent again on a new
-    /// connection, so an upstream closing idle connections is never visible.
-    /// When no connection could be made the request comes back unsent, so the
+    /// Sends `req` on a pooled or new connection and waits for the response
+    /// head. A request that a pooled connection failed before the upstream
+    /// answered or took any of its body is sent again on a new connection, so an
+    /// upstream closing idle connections is never visible. When the request
+    /// can still be sent elsewhere (nothing answered, no body taken, and either
+    /// idempotent or not written at all) it comes back with the error, so the
     /// caller can try another target.
     pub(crate) async fn send(
         self: &Arc<Self>,
         req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, PooledConn), (SendError, Option<Request<RequestBody>>)> {
+    ) -> Result<Response<UpstreamBody>, (SendError, Option<Request<RequestBody>>)> {
         let mut req = req;
-        if let Some(mut sender) = self.take_idle() {
-            if sender.ready().await.is_ok() {
-                match sender.try_send_request(req).await {
-                    Ok(resp) => return Ok((resp, self.conn(sender))),
-                    Err(mut e) => match e.take_message() {
-                        Some(unsent) => req = unsent,
-                        None => {
-                            return Err((
-                                SendError::Http {
-                                    target: self.target.authority.to_string(),
-                                    source: e.into_error(),
-                                },
-                                None,
-                            ));
-                        }
-                    },
+        if let Some(conn) = self.take_idle() {
+            match Exchange::start(conn, req).await {
+                Ok((parts, exchange)) => return Ok(self.response(parts, exchange)),
+                Err(Failed {
+                    error,
+                    unsent: Some(unsent),
+                    ..
+                }) => {
+                    tracing::debug!(upstream = %self.target.authority, %error, "Pooled connection failed; sending on a new one.");
+                    req = unsent;
                 }
+                Err(Failed {
+                    error, unsent: None, ..
+                }) => return Err((self.exchange_error(error), None)),
             }
         }
-        let mut sender = match self.connect().await {
-            Ok(s) => s,
+        let conn = match self.connect().await {
+            Ok(c) => c,
             Err(e) => return Err((e, Some(req))),
         };
-        match sender.send_request(req).await {
-            Ok(resp) => Ok((resp, self.conn(sender))),
-            Err(source) => Err((
-                SendError::Http {
-                    target: self.target.authority.to_string(),
-                    source,
-                },
-                None,
-            )),
+        match Exchange::start(conn, req).await {
+            Ok((parts, exchange)) => Ok(self.response(parts, exchange)),
+            Err(Failed { error, unsent, .. }) => Err((self.exchange_error(error), unsent)),
         }
     }
 
-    fn conn(self: &Arc<Self>, sender: http1::SendRequest<RequestBody>) -> PooledConn {
-        PooledConn {
-            sender,
-            pool: self.clone(),
+    fn response(self: &Arc<Self>, parts: http::response::Parts, exchange: Exchange) -> Response<UpstreamBody> {
+        Response::from_parts(parts, UpstreamBody::new(exchange, self.clone()))
+    }
+
+    fn exchange_error(&self, source: ExchangeError) -> SendError {
+        SendError::Exchange {
+            target: self.target.authority.to_string(),
+            source,
         }
     }
 }

@@ -1,0 +1,878 @@
+//! HTTP/1.1 to upstreams, driven by the request's own task.
+//!
+//! hyper's client runs every connection in a task of its own and hands each
+//! request and response to it through channels. On the proxy path those
+//! hand-offs cost more than the protocol work itself, so the upstream side is
+//! spoken here instead: the request task writes the request head and body and
+//! reads the response on the same socket, and the response body is read by
+//! whoever polls it (hyper's server side, writing to the client).
+//!
+//! - Response heads are parsed by `httparse` (hyper's own parser) into `http`
+//!   types; header values share one buffer.
+//! - Response bodies are framed per RFC 9112 §6.3: none for HEAD, 1xx, 204 and
+//!   304; chunked when `Transfer-Encoding` ends in `chunked`; `Content-Length`
+//!   (a list must agree); otherwise until the upstream closes.
+//! - The request body keeps being written while the response is read, so an
+//!   upstream may answer early or stream its answer (an echo) without either
+//!   side stalling.
+//! - A connection goes back to its pool only when both messages are complete,
+//!   nothing extra arrived, and neither side asked to close.
+
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::body::{RequestBody, RequestBodyError};
+use crate::pool::TargetPool;
+
+/// Largest response head (status line and header fields) accepted.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in a response head.
+const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Largest trailer section (read and dropped).
+const MAX_TRAILERS: usize = 16 * 1024;
+/// Read sizes: a head fits the first, bodies are read in larger pieces.
+const READ_HEAD: usize = 8 * 1024;
+const READ_BODY: usize = 64 * 1024;
+
+/// Why an exchange with an upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ExchangeError {
+    /// The upstream closed the connection without answering.
+    #[error("connection closed before a response")]
+    Closed,
+    /// The upstream closed the connection in the middle of the response head.
+    #[error("connection closed in the middle of the response head")]
+    ClosedInHead,
+    /// The response head is not valid HTTP/1.
+    #[error("invalid response head: {0}")]
+    Head(#[from] httparse::Error),
+    /// The head parsed but its fields are unusable.
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+    /// The response head is larger than [`MAX_HEAD`].
+    #[error("response head larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    /// A chunked body broke its framing.
+    #[error("invalid chunked body: {0}")]
+    Chunked(&'static str),
+    /// The upstream closed the connection before the end of the body.
+    #[error("connection closed before the end of the response body")]
+    Truncated,
+    /// The client's request body failed (too large, too slow, or its connection).
+    #[error("request body: {0}")]
+    RequestBody(#[source] RequestBodyError),
+    /// Reading from or writing to the upstream failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// An open HTTP/1.1 connection to an upstream target.
+pub(crate) struct Conn {
+    io: TcpStream,
+    /// Bytes read and not yet consumed.
+    buf: BytesMut,
+    /// Reused between requests for the request head.
+    head: Vec<u8>,
+}
+
+impl Conn {
+    pub(crate) fn new(io: TcpStream) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+            head: Vec::with_capacity(512),
+        }
+    }
+
+    /// Whether an idle connection can carry another request: the upstream has
+    /// neither closed it nor sent anything unasked. Usually no system call: the
+    /// socket is read only when the poller saw it become readable.
+    pub(crate) fn is_reusable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Reads what the socket has into `buf`, with room for at least `want`
+    /// bytes. `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < want.max(1) {
+            self.buf.reserve(want.max(1));
+        }
+        loop {
+            ready!(self.io.poll_read_ready(cx))?;
+            match self.io.try_read_buf(&mut self.buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                res => return Poll::Ready(res),
+            }
+        }
+    }
+}
+
+/// Bytes waiting to be written: part of a head (or a chunk-size line), then
+/// body data, then a fixed suffix (`\r\n` after a chunk, the last chunk).
+struct Outbox {
+    head: Vec<u8>,
+    head_pos: usize,
+    data: Bytes,
+    tail: &'static [u8],
+    /// Whether any byte was written.
+    wrote: bool,
+}
+
+impl Outbox {
+    fn is_empty(&self) -> bool {
+        self.head_pos == self.head.len() && self.data.is_empty() && self.tail.is_empty()
+    }
+
+    fn poll_flush(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.is_empty() {
+            let slices = [
+                IoSlice::new(&self.head[self.head_pos..]),
+                IoSlice::new(&self.data),
+                IoSlice::new(self.tail),
+            ];
+            let n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &slices))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.wrote = true;
+            self.advance(n);
+        }
+        self.head.clear();
+        self.head_pos = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        let h = (self.head.len() - self.head_pos).min(n);
+        self.head_pos += h;
+        n -= h;
+        let d = self.data.len().min(n);
+        self.data.advance(d);
+        n -= d;
+        self.tail = &self.tail[n.min(self.tail.len())..];
+    }
+}
+
+/// The request side of an exchange: the head, then the body as it arrives.
+struct Sender {
+    out: Outbox,
+    body: Option<RequestBody>,
+    chunked: bool,
+    /// The first body frame may go out with the head in one write.
+    coalesce: bool,
+    /// A frame was taken from the body, so the request cannot be sent again.
+    started: bool,
+    /// Everything was written.
+    done: bool,
+    /// A write failed; nothing more is sent (the upstream may still answer).
+    failed: bool,
+}
+
+impl Sender {
+    fn queue(&mut self, data: Bytes) {
+        if self.chunked {
+            write_hex(&mut self.out.head, data.len() as u64);
+            self.out.head.extend_from_slice(b"\r\n");
+            self.out.tail = b"\r\n";
+        }
+        self.out.data = data;
+    }
+
+    /// Takes one frame from the body into the outbox. `Ready(Ok(()))` when a
+    /// frame (or the end) was taken.
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        match ready!(Pin::new(body).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                self.started = true;
+                if let Ok(data) = frame.into_data() {
+                    if !data.is_empty() {
+                        self.queue(data);
+                    }
+                }
+            }
+            None => {
+                self.body = None;
+                if self.chunked {
+                    self.out.tail = b"0\r\n\r\n";
+                }
+            }
+            Some(Err(e)) => {
+                self.body = None;
+                return Poll::Ready(Err(ExchangeError::RequestBody(e)));
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes as much of the request as can go now.
+    fn poll_send(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
+        if std::mem::take(&mut self.coalesce) {
+            if let Poll::Ready(res) = self.poll_body(cx) {
+                res?;
+            }
+        }
+        loop {
+            if !self.out.is_empty() {
+                ready!(self.out.poll_flush(io, cx))?;
+                continue;
+            }
+            if self.body.is_none() {
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            ready!(self.poll_body(cx))?;
+        }
+    }
+
+    /// Advances the request while the response is being read: a failed write
+    /// stops the request but not the response; a failed client body ends both.
+    fn progress(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Result<(), ExchangeError> {
+        if self.done || self.failed {
+            return Ok(());
+        }
+        match self.poll_send(io, cx) {
+            Poll::Ready(Err(ExchangeError::Io(e))) => {
+                tracing::debug!(error = %e, "Upstream stopped taking the request body.");
+                self.failed = true;
+                self.body = None;
+                Ok(())
+            }
+            Poll::Ready(Err(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// The body is complete.
+    Done,
+    /// This many bytes remain.
+    Length(u64),
+    /// Chunked, in this state.
+    Chunked(Chunked),
+    /// Until the upstream closes the connection.
+    UntilClose,
+}
+
+/// A parsed response head.
+pub(crate) struct ParsedHead {
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    /// Bytes after the head, already read.
+    pub(crate) rest: Bytes,
+}
+
+/// Parses a response head at the start of `buf`. `Ok(None)` when more bytes are
+/// needed (and `buf` is left as it was); on success `buf` is emptied and what
+/// followed the head is in [`ParsedHead::rest`].
+pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ExchangeError> {
+    let bytes = std::mem::take(buf).freeze();
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, &bytes, &mut slots);
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => {
+            let too_large = bytes.len() > MAX_HEAD;
+            *buf = BytesMut::from(bytes);
+            return if too_large {
+                Err(ExchangeError::HeadTooLarge)
+            } else {
+                Ok(None)
+            };
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if len > MAX_HEAD {
+        return Err(ExchangeError::HeadTooLarge);
+    }
+    let status = resp
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or(ExchangeError::Invalid("status code"))?;
+    let version = if resp.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ExchangeError::Invalid("header name"))?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value))
+            .map_err(|_| ExchangeError::Invalid("header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some(ParsedHead {
+        status,
+        version,
+        headers,
+        rest: bytes.slice(len..),
+    }))
+}
+
+/// The body framing of a response to `method`, and whether the connection
+/// may carry another request afterwards. Removes a `Content-Length` that a
+/// `Transfer-Encoding` overrides.
+fn framing(method: &Method, head: &mut ParsedHead) -> Result<(Framing, bool), ExchangeError> {
+    let mut keep_alive = head.version == Version::HTTP_11 && !has_token(&head.headers, header::CONNECTION, "close");
+    let status = head.status.as_u16();
+    if method == Method::HEAD || (100..200).contains(&status) || status == 204 || status == 304 {
+        return Ok((Framing::Done, keep_alive));
+    }
+    if head.headers.contains_key(header::TRANSFER_ENCODING) {
+        // RFC 9112 §6.3: the transfer coding wins over a length, and such a
+        // message is not trusted to leave the connection clean.
+        if head.headers.remove(header::CONTENT_LENGTH).is_some() {
+            keep_alive = false;
+        }
+        let last = head
+            .headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
+            .map(<[u8]>::trim_ascii);
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => (Framing::Chunked(Chunked::Size), keep_alive),
+            _ => (Framing::UntilClose, false),
+        });
+    }
+    let mut length = None;
+    for value in head.headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let n = parse_decimal(part.trim_ascii()).ok_or(ExchangeError::Invalid("Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ExchangeError::Invalid("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => (Framing::Done, keep_alive),
+        Some(n) => (Framing::Length(n), keep_alive),
+        None => (Framing::UntilClose, false),
+    })
+}
+
+fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+fn parse_decimal(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 {
+        return None;
+    }
+    s.iter()
+        .try_fold(0u64, |n, b| b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0')))
+}
+
+fn write_hex(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, with this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// In the trailer section, having seen this many bytes of it.
+    Trailers(usize),
+}
+
+/// One step of decoding a chunked body.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Decoded {
+    /// Body data.
+    Data(Bytes),
+    /// More input is needed.
+    NeedMore,
+    /// The last chunk and trailer section were read.
+    End,
+}
+
+impl Chunked {
+    /// Decodes from the front of `buf`, consuming what it used.
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, ExchangeError> {
+        loop {
+            match *self {
+                Chunked::Size => {
+                    let Some(i) = buf.iter().position(|b| *b == b'\n') else {
+                        if buf.len() > MAX_CHUNK_LINE {
+                            return Err(ExchangeError::Chunked("chunk-size line too long"));
+                        }
+                        return Ok(Decoded::NeedMore);
+                    };
+                    if i > MAX_CHUNK_LINE {
+                        return Err(ExchangeError::Chunked("chunk-size line too long"));
+                    }
+                    let line = buf[..i]
+                        .strip_suffix(b"\r")
+                        .ok_or(ExchangeError::Chunked("chunk-size line without CRLF"))?;
+                    let size = chunk_size(line).ok_or(ExchangeError::Chunked("bad chunk size"))?;
+                    buf.advance(i + 1);
+                    *self = if size == 0 {
+                        Chunked::Trailers(0)
+                    } else {
+                        Chunked::Data(size)
+                    };
+                }
+                Chunked::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let data = buf.split_to(n).freeze();
+                    let left = left - n as u64;
+                    *self = if left == 0 {
+                        Chunked::DataEnd
+                    } else {
+                        Chunked::Data(left)
+                    };
+                    return Ok(Decoded::Data(data));
+                }
+                Chunked::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Decoded::NeedMore);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(ExchangeError::Chunked("chunk data not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    *self = Chunked::Size;
+                }
+                Chunked::Trailers(seen) => {
+                    let Some(i) = buf.iter().position(|b| *b == b'\n') else {
+                        if seen + buf.len() > MAX_TRAILERS {
+                            return Err(ExchangeError::Chunked("trailer section too large"));
+                        }
+                        return Ok(Decoded::NeedMore);
+                    };
+                    let blank = &buf[..i] == b"\r";
+                    if !blank && buf[..i].last() != Some(&b'\r') {
+                        return Err(ExchangeError::Chunked("trailer line without CRLF"));
+                    }
+                    buf.advance(i + 1);
+                    if blank {
+                        return Ok(Decoded::End);
+                    }
+                    let seen = seen + i + 1;
+                    if seen > MAX_TRAILERS {
+                        return Err(ExchangeError::Chunked("trailer section too large"));
+                    }
+                    *self = Chunked::Trailers(seen);
+                }
+            }
+        }
+    }
+}
+
+/// The size in a chunk-size line: hex digits, then optional whitespace and
+/// extensions (`;name=value`), which are ignored.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return None;
+    }
+    let rest = line[digits..].trim_ascii_start();
+    if !rest.is_empty() && rest[0] != b';' {
+        return None;
+    }
+    line[..digits].iter().try_fold(0u64, |n, b| {
+        let d = (*b as char).to_digit(16)?;
+        Some((n << 4) | u64::from(d))
+    })
+}
+
+/// A request in flight on one connection: the head has been (or is being)
+/// written, the response is read by [`Exchange::poll_head`] and then by
+/// [`UpstreamBody`].
+pub(crate) struct Exchange {
+    conn: Conn,
+    send: Sender,
+    method: Method,
+    framing: Framing,
+    keep_alive: bool,
+    /// Body bytes that arrived with the head.
+    rest: Bytes,
+    /// Whether any response byte was read.
+    answered: bool,
+    /// The upstream answered `101 Switching Protocols`.
+    switching: bool,
+}
+
+/// An exchange that failed; `unsent` is the request back when it may be sent
+/// again: the upstream answered nothing, no body byte was taken from the
+/// client, and the request is idempotent or was not written at all.
+pub(crate) struct Failed {
+    pub(crate) error: ExchangeError,
+    pub(crate) unsent: Option<Request<RequestBody>>,
+}
+
+impl Exchange {
+    /// Writes `req` on `conn` and waits for the response head.
+    pub(crate) async fn start(
+        mut conn: Conn,
+        req: Request<RequestBody>,
+    ) -> Result<(http::response::Parts, Exchange), Failed> {
+        let (parts, body) = req.into_parts();
+        let mut head = std::mem::take(&mut conn.head);
+        let chunked = encode_head(&mut head, &parts, &body);
+        let has_body = !body.is_end_stream();
+        let mut x = Exchange {
+            conn,
+            send: Sender {
+                out: Outbox {
+                    head,
+                    head_pos: 0,
+                    data: Bytes::new(),
+                    tail: b"",
+                    wrote: false,
+                },
+                body: has_body.then_some(body),
+                chunked,
+                coalesce: has_body,
+                started: false,
+                done: false,
+                failed: false,
+            },
+            method: parts.method.clone(),
+            framing: Framing::Done,
+            keep_alive: false,
+            rest: Bytes::new(),
+            answered: false,
+            switching: false,
+        };
+        match std::future::poll_fn(|cx| x.poll_head(cx)).await {
+            Ok(head) => Ok((response_parts(head), x)),
+            Err(error) => {
+                let resendable = !x.answered
+                    && !x.send.started
+                    && (crate::handler::is_idempotent(&parts.method) || !x.send.out.wrote);
+                let unsent = resendable.then(|| {
+                    let body = x.send.body.take().unwrap_or_else(RequestBody::empty);
+                    Request::from_parts(parts, body)
+                });
+                Err(Failed { error, unsent })
+            }
+        }
+    }
+
+    fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<ParsedHead, ExchangeError>> {
+        loop {
+            self.send.progress(&mut self.conn.io, cx)?;
+            if !self.conn.buf.is_empty() {
+                if let Some(mut head) = parse_head(&mut self.conn.buf)? {
+                    let status = head.status.as_u16();
+                    if (100..200).contains(&status) && status != 101 {
+                        // Interim (100 Continue, 103 Early Hints): the real
+                        // answer follows.
+                        self.conn.buf = BytesMut::from(&head.rest[..]);
+                        continue;
+                    }
+                    let (framing, keep_alive) = framing(&self.method, &mut head)?;
+                    self.framing = framing;
+                    self.switching = status == 101;
+                    self.keep_alive = keep_alive && !self.switching;
+                    self.rest = std::mem::take(&mut head.rest);
+                    return Poll::Ready(Ok(head));
+                }
+            }
+            match ready!(self.conn.poll_fill(cx, READ_HEAD)) {
+                Ok(0) if self.conn.buf.is_empty() => return Poll::Ready(Err(ExchangeError::Closed)),
+                Ok(0) => return Poll::Ready(Err(ExchangeError::ClosedInHead)),
+                Ok(_) => self.answered = true,
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+    }
+
+    /// The next piece of the response body.
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ExchangeError>>> {
+        loop {
+            match &mut self.framing {
+                Framing::Done => return Poll::Ready(None),
+                Framing::Length(left) => {
+                    let data = if !self.rest.is_empty() {
+                        let n = usize::try_from(*left).unwrap_or(usize::MAX).min(self.rest.len());
+                        self.rest.split_to(n)
+                    } else if !self.conn.buf.is_empty() {
+                        let n = usize::try_from(*left).unwrap_or(usize::MAX).min(self.conn.buf.len());
+                        self.conn.buf.split_to(n).freeze()
+                    } else {
+                        let want = usize::try_from(*left).unwrap_or(usize::MAX).min(READ_BODY);
+                        match ready!(self.conn.poll_fill(cx, want)) {
+                            Ok(0) => return Poll::Ready(Some(Err(ExchangeError::Truncated))),
+                            Ok(_) => continue,
+                            Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                        }
+                    };
+                    *left -= data.len() as u64;
+                    if *left == 0 {
+                        self.framing = Framing::Done;
+                    }
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Framing::UntilClose => {
+                    if !self.rest.is_empty() {
+                        return Poll::Ready(Some(Ok(std::mem::take(&mut self.rest))));
+                    }
+                    if !self.conn.buf.is_empty() {
+                        return Poll::Ready(Some(Ok(self.conn.buf.split().freeze())));
+                    }
+                    match ready!(self.conn.poll_fill(cx, READ_BODY)) {
+                        Ok(0) => {
+                            self.framing = Framing::Done;
+                            return Poll::Ready(None);
+                        }
+                        Ok(_) => continue,
+                        Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                    }
+                }
+                Framing::Chunked(state) => {
+                    if !self.rest.is_empty() {
+                        // Rare: only the bytes that came with the head are copied.
+                        let mut joined = BytesMut::with_capacity(self.rest.len() + self.conn.buf.len());
+                        joined.extend_from_slice(&self.rest);
+                        joined.extend_from_slice(&self.conn.buf);
+                        self.conn.buf = joined;
+                        self.rest = Bytes::new();
+                    }
+                    match state.decode(&mut self.conn.buf) {
+                        Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                        Ok(Decoded::End) => {
+                            self.framing = Framing::Done;
+                            return Poll::Ready(None);
+                        }
+                        Ok(Decoded::NeedMore) => match ready!(self.conn.poll_fill(cx, READ_BODY)) {
+                            Ok(0) => return Poll::Ready(Some(Err(ExchangeError::Truncated))),
+                            Ok(_) => continue,
+                            Err(e) => return Poll::Ready(Some(Err(e.into()))),
+                        },
+                        Err(e) => return Poll::Ready(Some(Err(e))),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection, if it can carry another request.
+    fn into_reusable(self) -> Option<Conn> {
+        let clean = self.keep_alive
+            && self.send.done
+            && !self.send.failed
+            && self.framing == Framing::Done
+            && self.rest.is_empty()
+            && self.conn.buf.is_empty();
+        let mut conn = self.conn;
+        conn.head = self.send.out.head;
+        conn.head.clear();
+        clean.then_some(conn)
+    }
+}
+
+/// Writes the request head. Returns whether the body is sent chunked: a body
+/// of unknown length without a `Content-Length` from the client.
+fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBody) -> bool {
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(if target.is_empty() { b"/" } else { target.as_bytes() });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let mut chunked = false;
+    if !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        match body.size_hint().exact() {
+            Some(n) => {
+                out.extend_from_slice(b"content-length: ");
+                let mut digits = itoa::Buffer::new();
+                out.extend_from_slice(digits.format(n).as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            None => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                chunked = true;
+            }
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    chunked
+}
+
+fn response_parts(head: ParsedHead) -> http::response::Parts {
+    let (mut parts, ()) = Response::new(()).into_parts();
+    parts.status = head.status;
+    parts.version = head.version;
+    parts.headers = head.headers;
+    parts
+}
+
+/// A response body read from an upstream connection, which goes back to its
+/// pool when the body is complete, or is closed if the body is dropped before.
+pub(crate) struct UpstreamBody {
+    exchange: Option<Exchange>,
+    pool: Arc<TargetPool>,
+}
+
+impl UpstreamBody {
+    pub(crate) fn new(exchange: Exchange, pool: Arc<TargetPool>) -> Self {
+        let mut body = Self {
+            exchange: Some(exchange),
+            pool,
+        };
+        if body.is_end_stream() && !body.exchange.as_ref().is_some_and(|x| x.switching) {
+            // Nothing to read (HEAD, 204, 304, an empty body): reusable now.
+            body.finish();
+        }
+        body
+    }
+
+    fn finish(&mut self) {
+        if let Some(conn) = self.exchange.take().and_then(Exchange::into_reusable) {
+            self.pool.put(conn);
+        }
+    }
+
+    /// The raw connection after a `101 Switching Protocols`, with any bytes the
+    /// upstream sent after its head.
+    pub(crate) fn into_upgraded(mut self) -> Option<Upgraded> {
+        let x = self.exchange.take()?;
+        let mut pre = BytesMut::from(&x.rest[..]);
+        pre.extend_from_slice(&x.conn.buf);
+        Some(Upgraded {
+            io: x.conn.io,
+            pre: pre.freeze(),
+        })
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = ExchangeError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
+        let this = &mut *self;
+        let Some(x) = this.exchange.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Err(e) = x.send.progress(&mut x.conn.io, cx) {
+            this.exchange = None;
+            return Poll::Ready(Some(Err(e)));
+        }
+        match ready!(x.poll_data(cx)) {
+            Some(Ok(data)) => {
+                if x.framing == Framing::Done {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            None => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Some(Err(e)) => {
+                this.exchange = None;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.exchange.as_ref().is_none_or(|x| x.framing == Framing::Done)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.exchange.as_ref().map(|x| x.framing) {
+            None | Some(Framing::Done) => SizeHint::with_exact(0),
+            Some(Framing::Length(n)) => SizeHint::with_exact(n),
+            Some(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// An upstream connection after `101 Switching Protocols`: first the bytes
+/// already read, then the socket.
+pub(crate) struct Upgraded {
+    io: TcpStream,
+    pre: Bytes,
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            self.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,248 @@
+//! The upstream side of the proxy against hand-written HTTP/1.1 answers on
+//! real sockets: body framings, interim responses, broken answers, early
+//! answers and connections the upstream closes while they sit in the pool.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gatehouse_testkit::Gatehouse;
+use gatehouse_testkit::client::{self, body, get, send};
+use http::Request;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What a scripted upstream does after reading a request head.
+#[derive(Clone, Copy)]
+enum After {
+    /// Waits for the next request on the same connection.
+    KeepOpen,
+    /// Closes the connection at once.
+    Close,
+    /// Reads and drops whatever else arrives, until the peer closes.
+    Drain,
+}
+
+/// An upstream that answers every request head with `answer`.
+struct Scripted {
+    addr: std::net::SocketAddr,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Scripted {
+    async fn start(answer: &'static [u8], after: After) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream, answer, after));
+            }
+        });
+        Self { addr, connections }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    fn gatehouse(&self) -> Gatehouse {
+        Gatehouse::start(&format!(
+            r#"
+[server]
+workers = 1
+
+[upstream.app]
+targets = ["{}"]
+response_timeout = "2s"
+
+[[site]]
+default = true
+  [[site.route]]
+  path = "/"
+  upstream = "app"
+"#,
+            self.addr
+        ))
+    }
+}
+
+async fn serve(mut stream: TcpStream, answer: &'static [u8], after: After) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        // One request head (these tests send bodies only where `Drain` reads them).
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                _ => return,
+            }
+        }
+        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        buf.drain(..end);
+        if stream.write_all(answer).await.is_err() {
+            return;
+        }
+        match after {
+            After::KeepOpen => {}
+            After::Close => return,
+            After::Drain => {
+                while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn chunked_answers_are_relayed_and_their_connection_reused() {
+    let up = Scripted::start(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n",
+        After::KeepOpen,
+    )
+    .await;
+    let gh = up.gatehouse();
+    for _ in 0..3 {
+        let r = get(&gh.url("/"), &[]).await;
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "hello world"));
+    }
+    assert_eq!(
+        up.connections(),
+        1,
+        "a complete chunked answer leaves the connection reusable"
+    );
+}
+
+#[tokio::test]
+async fn interim_answers_are_skipped() {
+    let up = Scripted::start(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        After::KeepOpen,
+    )
+    .await;
+    let gh = up.gatehouse();
+    let r = get(&gh.url("/"), &[]).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok"));
+}
+
+#[tokio::test]
+async fn broken_answers_give_502() {
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: three\r\n\r\nabc",
+        b"HTTP/1.1 2xx OK\r\n\r\n",
+        b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+    ] {
+        let up = Scripted::start(answer, After::Close).await;
+        let gh = up.gatehouse();
+        let r = get(&gh.url("/"), &[]).await;
+        assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(answer));
+        let id = r.header("x-request-id");
+        assert_eq!(
+            r.text(),
+            format!("502 Bad Gateway: invalid upstream response (request id {id})\n")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_broken_chunked_body_is_a_visible_truncation() {
+    let up = Scripted::start(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+        After::KeepOpen,
+    )
+    .await;
+    let gh = up.gatehouse();
+    let req = Request::get(gh.url("/")).body(body(Bytes::new())).unwrap();
+    // Depending on how far the answer got, the client sees a failed exchange
+    // or a body that ends in an error, never a short success.
+    let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+        let resp = client::http1().request(req).await?;
+        assert_eq!(resp.status(), 200);
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map(|_| ())
+            .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+    })
+    .await
+    .expect("the broken body ends instead of hanging");
+    assert!(outcome.is_err(), "a broken body must not look complete");
+}
+
+#[tokio::test]
+async fn bodies_delimited_by_close_arrive_whole() {
+    let up = Scripted::start(b"HTTP/1.1 200 OK\r\n\r\nuntil the upstream closes", After::Close).await;
+    let gh = up.gatehouse();
+    for _ in 0..2 {
+        let r = get(&gh.url("/"), &[]).await;
+        assert_eq!(
+            (r.status.as_u16(), r.text().as_str()),
+            (200, "until the upstream closes")
+        );
+    }
+    assert_eq!(up.connections(), 2, "such a connection is never reused");
+}
+
+#[tokio::test]
+async fn head_answers_carry_no_body() {
+    let up = Scripted::start(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", After::KeepOpen).await;
+    let gh = up.gatehouse();
+    for _ in 0..3 {
+        let req = Request::head(gh.url("/")).body(body(Bytes::new())).unwrap();
+        let r = send(&client::http1(), req).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-length"), "10");
+        assert!(r.body.is_empty());
+    }
+    assert_eq!(
+        up.connections(),
+        1,
+        "the connection stays in step after bodiless answers"
+    );
+}
+
+#[tokio::test]
+async fn an_early_answer_during_an_upload_reaches_the_client() {
+    // The upstream refuses as soon as it has the head, then drains the body.
+    let up = Scripted::start(
+        b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!",
+        After::Drain,
+    )
+    .await;
+    let gh = up.gatehouse();
+    let req = Request::post(gh.url("/upload"))
+        .body(body(Bytes::from(vec![b'x'; 4 << 20])))
+        .unwrap();
+    let r = send(&client::http1(), req).await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (413, "big!"));
+}
+
+#[tokio::test]
+async fn connections_the_upstream_closed_while_idle_are_not_used() {
+    // Keep-alive answers, but the upstream hangs up right after each one.
+    let up = Scripted::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", After::Close).await;
+    let gh = up.gatehouse();
+    for method in ["GET", "POST", "GET", "DELETE"] {
+        let r = get(&gh.url("/"), &[]).await;
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok"), "GET");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let req = Request::builder()
+            .method(method)
+            .uri(gh.url("/"))
+            .body(body(Bytes::new()))
+            .unwrap();
+        let r = send(&client::http1(), req).await;
+        assert_eq!(
+            (r.status.as_u16(), r.text().as_str()),
+            (200, "ok"),
+            "{method} after a close"
+        );
+    }
+    assert_eq!(up.connections(), 8, "every request needed a new connection");
+}
