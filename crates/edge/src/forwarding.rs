@@ -33,9 +33,18 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     // messages carry none or only `Connection`, so this beats seven hashed removals.
     let mut present = 0u8;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present |= 1 << i;
-        }
+        // Matched as text: one length switch instead of seven name comparisons.
+        let i = match name.as_str() {
+            "connection" => 0,
+            "keep-alive" => 1,
+            "proxy-connection" => 2,
+            "proxy-authorization" => 3,
+            "te" => 4,
+            "transfer-encoding" => 5,
+            "upgrade" => 6,
+            _ => continue,
+        };
+        present |= 1 << i;
     }
     if present == 0 {
         return None;

@@ -770,7 +770,9 @@ impl Worker {
             };
             let may_retry = || (n_tried as u32) < pool.attempts && pool.budget.try_retry();
 
-            let sent = tokio::time::timeout(pool.response_timeout, target.pool.send(upstream_req)).await;
+            // Boxed: the exchange's state is built once on the heap instead of
+            // being moved through the timeout and this future's own state.
+            let sent = tokio::time::timeout(pool.response_timeout, Box::pin(target.pool.send(upstream_req))).await;
             ctx.upstream_duration = Some(start.elapsed());
             match sent {
                 Ok(Ok(resp)) => {
