@@ -16,6 +16,8 @@
 #        upstream nginx), with active health checks every 2 s in HAProxy and
 #        gatehouse (nginx has none).
 # Env:   GATEHOUSE_BIN=path  use this binary instead of `cargo build --release`.
+#        GATEHOUSE_BASELINE_BIN=path  with --only ...,baseline: run this second
+#        gatehouse build in the same rounds (before/after comparisons).
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -38,15 +40,16 @@ SERVER_CPU=0 # every proxy runs here, alone
 LOAD_CPU=1  # wrk and the upstream share this one
 
 UPSTREAM_PORT=18080
-declare -A PORT=([nginx]=18081 [haproxy]=18082 [gatehouse]=18083 [policies]=18084 [direct]=18080)
+declare -A PORT=([nginx]=18081 [haproxy]=18082 [gatehouse]=18083 [policies]=18084 [baseline]=18085 [direct]=18080)
 declare -A LABEL=(
     [direct]="direct upstream (no proxy)"
     [nginx]="nginx (1 worker)"
     [haproxy]="HAProxy (1 thread)"
     [gatehouse]="gatehouse (1 worker)"
     [policies]="gatehouse with rate limit + CORS (1 worker)"
+    [baseline]="gatehouse baseline build (1 worker)"
 )
-ORDER=(nginx haproxy gatehouse policies) # the A B C of each round
+ORDER=(nginx haproxy gatehouse policies baseline) # the A B C of each round
 
 
 
@@ -100,7 +103,7 @@ for s in "${ORDER[@]}"; do
     for w in "${wanted[@]}"; do [[ "$w" == "$s" ]] && SERVERS+=("$s") && break; done
 done
 for w in "${wanted[@]}"; do
-    [[ -n "${PORT[$w]:-}" && "$w" != direct ]] || die "--only: unknown server '$w' (nginx, haproxy, gatehouse, policies)"
+    [[ -n "${PORT[$w]:-}" && "$w" != direct ]] || die "--only: unknown server '$w' (nginx, haproxy, gatehouse, policies, baseline)"
 done
 ((${#SERVERS[@]})) || die "--only selected no server"
 
@@ -314,6 +317,15 @@ origins = ["https://app.example.com"]
 credentials = true
 EOF
 
+if want baseline; then
+    [[ -x "${GATEHOUSE_BASELINE_BIN:-}" ]] || die "--only ...,baseline needs GATEHOUSE_BASELINE_BIN=path to another gatehouse binary"
+    cp "$GATEHOUSE_BASELINE_BIN" "$TMP/gatehouse-baseline"
+    sed -e "s/127.0.0.1:${PORT[gatehouse]}/127.0.0.1:${PORT[baseline]}/" \
+        -e "s|gatehouse-access.log|baseline-access.log|" \
+        -e "s|^workers = 1|workers = 1\ndata_dir = \"$TMP/baseline-data\"|" \
+        "$TMP/gatehouse.toml" >"$TMP/baseline.toml"
+fi
+
 if want gatehouse || want policies; then
     # Run a private copy: a rebuild during the run must not swap the binary under test
     # (and perf needs the file to resolve symbols).
@@ -344,6 +356,7 @@ for s in "${SERVERS[@]}"; do
         ;;
     gatehouse) start gatehouse "$SERVER_CPU" "$GATEHOUSE" serve -c "$TMP/gatehouse.toml" ;;
     policies) start policies "$SERVER_CPU" "$GATEHOUSE" serve -c "$TMP/policies.toml" ;;
+    baseline) start baseline "$SERVER_CPU" "$TMP/gatehouse-baseline" serve -c "$TMP/baseline.toml" ;;
     esac
     wait_ready "$s" "${PORT[$s]}"
 done
@@ -597,7 +610,7 @@ report() {
         read -r g_rps _ _ < <(stat_col gatehouse 3)
         read -r g_us _ _ < <(stat_col gatehouse 12)
         read -r g_p99 _ _ < <(stat_col gatehouse 5)
-        for peer in nginx haproxy policies; do
+        for peer in nginx haproxy policies baseline; do
             want "$peer" || continue
             read -r p_rps _ _ < <(stat_col "$peer" 3)
             read -r p_p99 _ _ < <(stat_col "$peer" 5)
