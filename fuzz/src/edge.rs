@@ -630,3 +630,32 @@ pub fn check_range(header: &[u8], len: u64, max_ranges: usize) {
     let total: u64 = ranges.iter().map(|r| r.end - r.start + 1).sum();
     assert!(total <= len, "more bytes than the representation: {}", ctx());
 }
+
+// ---------------------------------------------------------------------------
+// Upstream answers (the proxy's HTTP/1.1 client)
+// ---------------------------------------------------------------------------
+
+/// `upstream_response` properties, on `data` as an upstream's answer to a GET:
+/// - never a panic, whatever the bytes;
+/// - the outcome does not depend on how the bytes were split into reads: fed
+///   one byte, seven bytes or all at once, the same status and body or the same
+///   refusal;
+/// - a body is never longer than the input, and a 204 or 304 has none.
+pub fn check_upstream_response(data: &[u8]) {
+    let whole = fuzzing::upstream_response(data, data.len().max(1));
+    for step in [1, 7] {
+        let split = fuzzing::upstream_response(data, step);
+        assert_eq!(
+            split,
+            whole,
+            "reads of {step} bytes changed the outcome for {:?}",
+            String::from_utf8_lossy(data)
+        );
+    }
+    if let Ok((status, body)) = &whole {
+        assert!(body.len() <= data.len(), "body longer than the input: {data:?}");
+        if *status == 204 || *status == 304 {
+            assert!(body.is_empty(), "{status} with a body: {data:?}");
+        }
+    }
+}

@@ -114,4 +114,14 @@ pub mod fuzzing {
     pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
         crate::forwarding::strip_hop_by_hop(headers)
     }
+
+    /// `h1`: an upstream's answer to a GET, read from `data` fed `step` bytes at
+    /// a time by the parsers the proxy uses (head, interim answers, body
+    /// framing, chunked decoding): the final status and the body, or why it was
+    /// refused.
+    pub fn upstream_response(data: &[u8], step: usize) -> Result<(u16, Vec<u8>), String> {
+        crate::h1::read_response(data, step)
+            .map(|(status, body)| (status.as_u16(), body))
+            .map_err(|e| e.to_string())
+    }
 }

@@ -1,6 +1,6 @@
 //! Property tests for the parsers that face the network: request-path and host
-//! normalisation, hop-by-hop stripping and the client address, and the static
-//! server's request-path and `Range` parsers.
+//! normalisation, hop-by-hop stripping and the client address, upstream
+//! answers, and the static server's request-path and `Range` parsers.
 //!
 //! The properties live in `fuzz/src/edge.rs` and are shared with the fuzz
 //! targets; here they run on a hand-written corpus of nasty inputs and on a few
@@ -20,7 +20,7 @@ use rng::Rng;
 
 use oracle::{
     check_forwarding_bytes, check_host, check_host_with, check_path, check_range, check_range_bytes, check_static_path,
-    known_host_bug,
+    check_upstream_response, known_host_bug,
 };
 
 /// Random inputs per property: enough to reach the corners the fragment lists
@@ -622,4 +622,82 @@ fn random_range(rng: &mut Rng) -> String {
         s.push_str(rng.pick(PIECES));
     }
     s
+}
+
+#[test]
+fn upstream_answers_read_the_same_however_they_arrive() {
+    for answer in [
+        &b""[..],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=\"y\"\r\nabc\r\n0\r\nt: 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcd\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffff\r\nab",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nraw",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\nframes",
+        b"HTTP/1.0 200 OK\r\n\r\nuntil close",
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+        b"HTTP/1.1 999 Odd\r\n\r\n",
+        b"HTTP/1.1 200 OK\nContent-Length: 1\n\nx",
+        b"\r\n\r\n",
+    ] {
+        check_upstream_response(answer);
+    }
+    let mut rng = Rng::new(11);
+    for _ in 0..CASES {
+        check_upstream_response(&random_answer(&mut rng));
+    }
+}
+
+/// An upstream answer built from the pieces that decide framing.
+fn random_answer(rng: &mut Rng) -> Vec<u8> {
+    const STATUS: &[&str] = &[
+        "HTTP/1.1 200 OK\r\n",
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n",
+        "HTTP/1.1 204 No Content\r\n",
+        "HTTP/1.1 304 Not Modified\r\n",
+        "HTTP/1.0 200 OK\r\n",
+        "HTTP/1.1 20 OK\r\n",
+        "HTTP/1.1 200 OK\n",
+    ];
+    const FIELDS: &[&str] = &[
+        "Content-Length: 0\r\n",
+        "Content-Length: 3\r\n",
+        "Content-Length: 5\r\n",
+        "Content-Length: 3, 3\r\n",
+        "Content-Length: x\r\n",
+        "Transfer-Encoding: chunked\r\n",
+        "Transfer-Encoding: gzip\r\n",
+        "Transfer-Encoding: gzip, chunked\r\n",
+        "Connection: close\r\n",
+        "X-A: b\r\n",
+        "Bad Field\r\n",
+    ];
+    const BODY: &[&str] = &[
+        "abc",
+        "3\r\n",
+        "\r\n",
+        "0\r\n",
+        "5;e=1\r\n",
+        "f\r\n",
+        "x",
+        "hello",
+        "T: 1\r\n",
+        "\n",
+        ";",
+        "fffffffffffffffff\r\n",
+    ];
+    let mut out = rng.pick(STATUS).as_bytes().to_vec();
+    for _ in 0..rng.below(4) {
+        out.extend_from_slice(rng.pick(FIELDS).as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    for _ in 0..rng.below(10) {
+        out.extend_from_slice(rng.pick(BODY).as_bytes());
+    }
+    out
 }
