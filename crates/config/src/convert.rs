@@ -798,8 +798,8 @@ fn convert_upstream(name: String, up: Spanned<file::UpstreamFile>, key: &str) ->
         };
         let mut target = parse_target(addr).or_else(|m| err(at(t), &tkey, m))?;
         target.weight = weight;
-        if targets.iter().any(|x: &Target| x.authority == target.authority) {
-            return err(at(t), tkey, format!("target {} is listed twice", target.authority));
+        if targets.iter().any(|x: &Target| x.id == target.id) {
+            return err(at(t), tkey, format!("target {} is listed twice", target.id));
         }
         targets.push(target);
     }
@@ -1130,12 +1130,30 @@ pub(crate) fn parse_cidr(s: &str) -> Result<IpNet, String> {
     ))
 }
 
+/// Longest Unix-domain socket path (`sun_path` holds 108 bytes with the NUL).
+const MAX_UNIX_PATH: usize = 107;
+
 fn parse_target(s: &str) -> Result<Target, String> {
     let hint = || {
         format!(
-            "invalid target {s:?}; expected host:port such as \"127.0.0.1:8000\", \"[::1]:8000\" or \"api.internal:80\""
+            "invalid target {s:?}; expected host:port such as \"127.0.0.1:8000\", \"[::1]:8000\" or \"api.internal:80\", or unix:/path/to/socket"
         )
     };
+    if let Some(path) = s.strip_prefix("unix:") {
+        if !path.starts_with('/') || path.len() > MAX_UNIX_PATH || path.contains('\0') {
+            return Err(format!(
+                "invalid target {s:?}; a Unix-domain socket is written unix:/absolute/path (at most {MAX_UNIX_PATH} bytes)"
+            ));
+        }
+        return Ok(Target {
+            host: "localhost".into(),
+            port: 0,
+            authority: http::uri::Authority::from_static("localhost"),
+            unix: Some(path.into()),
+            id: s.into(),
+            weight: 1,
+        });
+    }
     if s.contains("://") {
         return Err(format!("{}; write the address without a scheme", hint()));
     }
@@ -1161,6 +1179,8 @@ fn parse_target(s: &str) -> Result<Target, String> {
         host,
         port,
         authority,
+        unix: None,
+        id: authority_str.into(),
         weight: 1,
     })
 }

@@ -639,15 +639,22 @@ pub struct Retries {
     pub buffer: u64,
 }
 
-/// A backend address.
+/// A backend address: a TCP `host:port` or a Unix-domain socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// Host name or IP address (IPv6 without brackets).
+    /// Host name or IP address (IPv6 without brackets); `localhost` for a
+    /// Unix-domain socket.
     pub host: String,
-    /// TCP port.
+    /// TCP port (0 for a Unix-domain socket).
     pub port: u16,
-    /// `host:port` as used in URIs and the Host header (IPv6 in brackets).
+    /// The Host header sent to the target: `host:port` (IPv6 in brackets), or
+    /// `localhost` for a Unix-domain socket.
     pub authority: http::uri::Authority,
+    /// The socket path of a `unix:` target.
+    pub unix: Option<std::path::PathBuf>,
+    /// The target as written in the config (`host:port` or `unix:/path`): its
+    /// identity, and its name in logs, the admin API and `gatehouse check`.
+    pub id: std::sync::Arc<str>,
     /// Relative share of traffic.
     pub weight: u32,
 }

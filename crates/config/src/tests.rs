@@ -184,6 +184,36 @@ fn bad_target_is_rejected() {
 }
 
 #[test]
+fn unix_socket_targets() {
+    let c = ok("[upstream.api]\ntargets = [\"unix:/run/app.sock\", { addr = \"127.0.0.1:8000\", weight = 2 }]\n");
+    let t = &c.upstreams[0].targets;
+    assert_eq!(t[0].unix.as_deref(), Some(Path::new("/run/app.sock")));
+    assert_eq!(&*t[0].id, "unix:/run/app.sock");
+    assert_eq!(
+        t[0].authority.as_str(),
+        "localhost",
+        "the Host header a socket target gets"
+    );
+    assert_eq!(
+        (t[1].unix.as_deref(), &*t[1].id, t[1].weight),
+        (None, "127.0.0.1:8000", 2)
+    );
+
+    let text = "[upstream.api]\ntargets = [\"unix:run/app.sock\"]\n";
+    fails(text, 2, 12, "upstream.api.targets[0]", "unix:/absolute/path");
+    let long = format!("[upstream.api]\ntargets = [\"unix:/{}\"]\n", "a".repeat(107));
+    fails(&long, 2, 12, "upstream.api.targets[0]", "at most 107 bytes");
+    let text = "[upstream.api]\ntargets = [\"unix:/run/a.sock\", \"unix:/run/a.sock\"]\n";
+    fails(
+        text,
+        2,
+        32,
+        "upstream.api.targets[1]",
+        "target unix:/run/a.sock is listed twice",
+    );
+}
+
+#[test]
 fn bad_redirect_status_is_rejected() {
     let text =
         "[[site]]\nhosts = [\"a.com\"]\n[[site.route]]\npath = \"/\"\nredirect = { to = \"/x\", status = 200 }\n";

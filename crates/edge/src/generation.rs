@@ -53,7 +53,7 @@ pub(crate) fn previous_health(
     if old_passive != passive {
         return None;
     }
-    let at = old.targets.iter().position(|t| t.authority == target.authority)?;
+    let at = old.targets.iter().position(|t| t.id == target.id)?;
     previous.health.get(index)?.get(at).cloned()
 }
 
@@ -70,7 +70,7 @@ pub(crate) fn previous_pool(
     target: &Target,
 ) -> Option<Arc<TargetPool>> {
     previous?
-        .pool(&upstream.name, &target.authority)
+        .pool(&upstream.name, &target.id)
         .filter(|pool| pool.fits(target, upstream))
         .cloned()
 }

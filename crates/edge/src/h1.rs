@@ -27,8 +27,9 @@ use std::task::{Context, Poll, Waker, ready};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::connect::Stream;
 
 use crate::body::{RequestBody, RequestBodyError};
 use crate::pool::TargetPool;
@@ -79,7 +80,7 @@ pub(crate) enum ExchangeError {
 
 /// An open HTTP/1.1 connection to an upstream target.
 pub(crate) struct Conn {
-    io: TcpStream,
+    io: Stream,
     /// Bytes read and not yet consumed.
     buf: BytesMut,
     /// Reused between requests for the request head.
@@ -87,7 +88,7 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(io: TcpStream) -> Self {
+    pub(crate) fn new(io: Stream) -> Self {
         Self {
             io,
             buf: BytesMut::new(),
@@ -129,9 +130,7 @@ impl Conn {
                     // (as tokio's own `poll_read` does) rather than learning it
                     // from one more read that would block. The poller reports
                     // the next arrival.
-                    let _ = self
-                        .io
-                        .try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+                    self.io.clear_read_ready();
                     return Poll::Ready(Ok(n));
                 }
                 res => return Poll::Ready(res),
@@ -156,7 +155,7 @@ impl Outbox {
         self.head_pos == self.head.len() && self.data.is_empty() && self.tail.is_empty()
     }
 
-    fn poll_flush(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_flush(&mut self, io: &mut Stream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.is_empty() {
             let slices = [
                 IoSlice::new(&self.head[self.head_pos..]),
@@ -241,7 +240,7 @@ impl Sender {
     }
 
     /// Writes as much of the request as can go now.
-    fn poll_send(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
+    fn poll_send(&mut self, io: &mut Stream, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
         if std::mem::take(&mut self.coalesce) {
             if let Poll::Ready(res) = self.poll_body(cx) {
                 res?;
@@ -262,7 +261,7 @@ impl Sender {
 
     /// Advances the request while the response is being read: a failed write
     /// stops the request but not the response; a failed client body ends both.
-    fn progress(&mut self, io: &mut TcpStream, cx: &mut Context<'_>) -> Result<(), ExchangeError> {
+    fn progress(&mut self, io: &mut Stream, cx: &mut Context<'_>) -> Result<(), ExchangeError> {
         if self.done || self.failed {
             return Ok(());
         }
@@ -908,7 +907,7 @@ impl Body for UpstreamBody {
 /// An upstream connection after `101 Switching Protocols`: first the bytes
 /// already read, then the socket.
 pub(crate) struct Upgraded {
-    io: TcpStream,
+    io: Stream,
     pre: Bytes,
 }
 

@@ -83,9 +83,8 @@ impl Shared {
                 u.targets
                     .iter()
                     .map(|t| {
-                        crate::generation::previous_health(previous, &u.name, t, passive).unwrap_or_else(|| {
-                            Arc::new(Health::new(format!("{}/{}", u.name, t.authority), start_up, passive))
-                        })
+                        crate::generation::previous_health(previous, &u.name, t, passive)
+                            .unwrap_or_else(|| Arc::new(Health::new(format!("{}/{}", u.name, t.id), start_up, passive)))
                     })
                     .collect()
             })
@@ -201,7 +200,7 @@ struct Ctx<'a> {
     request_id: HeaderValue,
     client_ip: std::net::IpAddr,
     route: Option<Arc<str>>,
-    upstream: Option<http::uri::Authority>,
+    upstream: Option<Arc<str>>,
     upstream_duration: Option<Duration>,
     bytes_in: Option<Arc<AtomicU64>>,
     /// The matched route, whose policies shape the response.
@@ -234,7 +233,7 @@ impl Worker {
                     .targets
                     .iter()
                     .zip(health)
-                    .map(|(t, h)| TargetSpec::new(t.authority.as_str(), t.weight, h.clone()))
+                    .map(|(t, h)| TargetSpec::new(&t.id, t.weight, h.clone()))
                     .collect();
                 let (policy, key) = match &u.balance {
                     Balance::RoundRobin => (Policy::RoundRobin, KeyKind::None),
@@ -278,14 +277,14 @@ impl Worker {
         &self.shared
     }
 
-    /// The connection pool of `upstream`'s target `authority`, if it has one.
-    pub(crate) fn pool(&self, upstream: &str, authority: &http::uri::Authority) -> Option<&Arc<TargetPool>> {
+    /// The connection pool of `upstream`'s target `id`, if it has one.
+    pub(crate) fn pool(&self, upstream: &str, id: &str) -> Option<&Arc<TargetPool>> {
         let index = self.shared.config.upstreams.iter().position(|u| u.name == upstream)?;
         self.upstreams[index]
             .targets
             .iter()
             .map(|t| &t.pool)
-            .find(|p| p.target.authority == *authority)
+            .find(|p| &*p.target.id == id)
     }
 
     /// Handles one request from a client connection. Never fails: every problem
@@ -757,7 +756,7 @@ impl Worker {
                 break None;
             };
             let health = &self.shared.health[action.upstream][choice.index];
-            ctx.upstream = Some(target.pool.target.authority.clone());
+            ctx.upstream = Some(target.pool.target.id.clone());
             let host_header = match (action.preserve_host, host) {
                 (true, Some(h)) => h.clone(),
                 _ => target.host_header.clone(),
@@ -783,7 +782,7 @@ impl Worker {
                             if let Some(replay) = &replay {
                                 if may_retry() {
                                     tracing::debug!(
-                                        request_id = ?ctx.request_id, upstream = %target.pool.target.authority,
+                                        request_id = ?ctx.request_id, upstream = %target.pool.target.id,
                                         status = status.as_u16(), "Retrying on another target."
                                     );
                                     last_error = Some((StatusCode::BAD_GATEWAY, "upstream failed"));
@@ -801,7 +800,7 @@ impl Worker {
                 Ok(Err((e, unsent))) => {
                     health.record_failure();
                     tracing::warn!(
-                        request_id = ?ctx.request_id, route = %route.name, upstream = %target.pool.target.authority,
+                        request_id = ?ctx.request_id, route = %route.name, upstream = %target.pool.target.id,
                         error = %error_chain(&e), "Upstream request failed."
                     );
                     last_error = Some(classify(&e));
@@ -815,7 +814,7 @@ impl Worker {
                 Err(_) => {
                     health.record_failure();
                     tracing::warn!(
-                        request_id = ?ctx.request_id, route = %route.name, upstream = %target.pool.target.authority,
+                        request_id = ?ctx.request_id, route = %route.name, upstream = %target.pool.target.id,
                         timeout = ?pool.response_timeout, "Upstream did not send response headers in time."
                     );
                     // Not retried: the request may still be running upstream.

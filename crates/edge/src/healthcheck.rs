@@ -75,16 +75,16 @@ async fn run(job: Job, mut shutdown: watch::Receiver<bool>) {
             Ok(Ok(status)) => {
                 let ok = (job.check.status.0..=job.check.status.1).contains(&status);
                 if !ok {
-                    tracing::debug!(target = %job.target.authority, status, "Health check got an unhealthy status.");
+                    tracing::debug!(target = %job.target.id, status, "Health check got an unhealthy status.");
                 }
                 ok
             }
             Ok(Err(e)) => {
-                tracing::debug!(target = %job.target.authority, error = %e, "Health check failed.");
+                tracing::debug!(target = %job.target.id, error = %e, "Health check failed.");
                 false
             }
             Err(_) => {
-                tracing::debug!(target = %job.target.authority, "Health check timed out.");
+                tracing::debug!(target = %job.target.id, "Health check timed out.");
                 false
             }
         };
@@ -94,7 +94,7 @@ async fn run(job: Job, mut shutdown: watch::Receiver<bool>) {
 
 /// One check on a fresh connection (it also proves the target accepts them).
 async fn probe(job: &Job) -> Result<u16, Box<dyn std::error::Error + Send + Sync>> {
-    let stream = crate::pool::tcp_connect(&job.target).await?;
+    let stream = crate::connect::connect(&job.target).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     let conn_task = tokio::spawn(conn);
     let req = Request::get(job.check.path.as_str())

@@ -12,6 +12,7 @@
 //! panics on network input; every failure becomes a response with a request id.
 
 mod body;
+mod connect;
 mod forwarding;
 mod generation;
 mod h1;

@@ -7,13 +7,11 @@
 //! its connection instead, so a half-read response can never leak into the next
 //! request.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gatehouse_config::{Target, Upstream};
 use http::{Request, Response};
-use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
 use crate::h1::{Conn, Exchange, ExchangeError, Failed, UpstreamBody};
@@ -21,10 +19,10 @@ use crate::h1::{Conn, Exchange, ExchangeError, Failed, UpstreamBody};
 /// Why a request could not be sent to a target.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SendError {
-    /// No TCP connection within the connect timeout.
+    /// No connection within the connect timeout.
     #[error("connect to {target} timed out after {timeout:?}")]
     ConnectTimeout { target: String, timeout: Duration },
-    /// The TCP connection failed (refused, unreachable, name not resolved).
+    /// The connection failed (refused, unreachable, name not resolved, no socket).
     #[error("connect to {target}: {source}")]
     Connect {
         target: String,
@@ -38,23 +36,6 @@ pub(crate) enum SendError {
         #[source]
         source: ExchangeError,
     },
-}
-
-/// Opens a TCP connection to a target: an IP address directly, a host name
-/// through the resolver cache (`resolve.rs`), trying its addresses in order.
-pub(crate) async fn tcp_connect(target: &Target) -> std::io::Result<TcpStream> {
-    if let Ok(ip) = target.host.parse::<std::net::IpAddr>() {
-        return TcpStream::connect(SocketAddr::new(ip, target.port)).await;
-    }
-    let addrs = crate::resolve::addrs(&target.host, target.port).await?;
-    let mut last = None;
-    for addr in addrs.iter() {
-        match TcpStream::connect(addr).await {
-            Ok(s) => return Ok(s),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses")))
 }
 
 /// Connection pool of one target.
@@ -86,9 +67,11 @@ impl TargetPool {
     /// settings, so a reload may keep it (and its idle connections).
     pub(crate) fn fits(&self, target: &Target, upstream: &Upstream) -> bool {
         // Weight is the balancer's business, not the pool's.
-        self.target.authority == target.authority
+        self.target.id == target.id
+            && self.target.authority == target.authority
             && self.target.host == target.host
             && self.target.port == target.port
+            && self.target.unix == target.unix
             && self.max_idle == upstream.keepalive
             && self.idle_timeout == upstream.idle_timeout
             && self.connect_timeout == upstream.connect_timeout
@@ -118,13 +101,8 @@ impl TargetPool {
     }
 
     async fn connect(&self) -> Result<Conn, SendError> {
-        let target = || self.target.authority.to_string();
-        let connecting = async {
-            let stream = tcp_connect(&self.target).await?;
-            stream.set_nodelay(true)?;
-            Ok::<_, std::io::Error>(stream)
-        };
-        match tokio::time::timeout(self.connect_timeout, connecting).await {
+        let target = || self.target.id.to_string();
+        match tokio::time::timeout(self.connect_timeout, crate::connect::connect(&self.target)).await {
             Err(_) => Err(SendError::ConnectTimeout {
                 target: target(),
                 timeout: self.connect_timeout,
@@ -157,7 +135,7 @@ impl TargetPool {
                     unsent: Some(unsent),
                     ..
                 }) => {
-                    tracing::debug!(upstream = %self.target.authority, %error, "Pooled connection failed; sending on a new one.");
+                    tracing::debug!(upstream = %self.target.id, %error, "Pooled connection failed; sending on a new one.");
                     req = unsent;
                 }
                 Err(Failed {
@@ -181,7 +159,7 @@ impl TargetPool {
 
     fn exchange_error(&self, source: ExchangeError) -> SendError {
         SendError::Exchange {
-            target: self.target.authority.to_string(),
+            target: self.target.id.to_string(),
             source,
         }
     }

@@ -754,7 +754,7 @@ impl UpstreamsView {
                     .iter()
                     .zip(health)
                     .map(|(t, h)| TargetStatus {
-                        address: t.authority.to_string(),
+                        address: t.id.to_string(),
                         weight: t.weight,
                         state: h.state().as_str(),
                         ejected_for: h.ejected_for(),

@@ -103,9 +103,9 @@ pub(crate) fn summary(c: &Config) -> String {
             .iter()
             .map(|t| {
                 if t.weight == 1 {
-                    t.authority.to_string()
+                    t.id.to_string()
                 } else {
-                    format!("{} (weight {})", t.authority, t.weight)
+                    format!("{} (weight {})", t.id, t.weight)
                 }
             })
             .collect();

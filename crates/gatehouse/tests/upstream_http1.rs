@@ -4,16 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use gatehouse_testkit::Gatehouse;
 use gatehouse_testkit::client::{self, body, get, send};
 use http::Request;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
 
 /// What a scripted upstream does after reading a request head.
 #[derive(Clone, Copy)]
@@ -28,23 +28,47 @@ enum After {
 
 /// An upstream that answers every request head with `answer`.
 struct Scripted {
-    addr: std::net::SocketAddr,
+    /// Its target in gatehouse's config.
+    target: String,
     connections: Arc<AtomicUsize>,
+    /// Every request head it read.
+    heads: Arc<Mutex<Vec<String>>>,
 }
 
 impl Scripted {
     async fn start(answer: &'static [u8], after: After) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let connections = Arc::new(AtomicUsize::new(0));
-        let count = connections.clone();
+        let up = Self::new(listener.local_addr().unwrap().to_string());
+        let (count, heads) = (up.connections.clone(), up.heads.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(stream, answer, after));
+                tokio::spawn(serve(stream, answer, after, heads.clone()));
             }
         });
-        Self { addr, connections }
+        up
+    }
+
+    /// The same on a Unix-domain socket at `path`.
+    fn start_unix(path: &std::path::Path, answer: &'static [u8], after: After) -> Self {
+        let listener = UnixListener::bind(path).unwrap();
+        let up = Self::new(format!("unix:{}", path.display()));
+        let (count, heads) = (up.connections.clone(), up.heads.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream, answer, after, heads.clone()));
+            }
+        });
+        up
+    }
+
+    fn new(target: String) -> Self {
+        Self {
+            target,
+            connections: Arc::new(AtomicUsize::new(0)),
+            heads: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
     fn connections(&self) -> usize {
@@ -52,6 +76,10 @@ impl Scripted {
     }
 
     fn gatehouse(&self) -> Gatehouse {
+        self.gatehouse_with("")
+    }
+
+    fn gatehouse_with(&self, upstream_extra: &str) -> Gatehouse {
         Gatehouse::start(&format!(
             r#"
 [server]
@@ -60,6 +88,7 @@ workers = 1
 [upstream.app]
 targets = ["{}"]
 response_timeout = "2s"
+{upstream_extra}
 
 [[site]]
 default = true
@@ -67,12 +96,17 @@ default = true
   path = "/"
   upstream = "app"
 "#,
-            self.addr
+            self.target
         ))
     }
 }
 
-async fn serve(mut stream: TcpStream, answer: &'static [u8], after: After) {
+async fn serve(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    answer: &'static [u8],
+    after: After,
+    heads: Arc<Mutex<Vec<String>>>,
+) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 64 * 1024];
     loop {
@@ -84,7 +118,8 @@ async fn serve(mut stream: TcpStream, answer: &'static [u8], after: After) {
             }
         }
         let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        buf.drain(..end);
+        let head: Vec<u8> = buf.drain(..end).collect();
+        heads.lock().unwrap().push(String::from_utf8_lossy(&head).into_owned());
         if stream.write_all(answer).await.is_err() {
             return;
         }
@@ -245,4 +280,40 @@ async fn connections_the_upstream_closed_while_idle_are_not_used() {
         );
     }
     assert_eq!(up.connections(), 8, "every request needed a new connection");
+}
+
+#[tokio::test]
+async fn unix_socket_targets_are_proxied_and_health_checked() {
+    let dir = std::env::temp_dir().join(format!("gh-unix-target-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("app.sock");
+    let up = Scripted::start_unix(
+        &path,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nvia uds",
+        After::KeepOpen,
+    );
+    let gh = up.gatehouse_with(r#"health = { path = "/healthz", interval = "100ms" }"#);
+    // New targets wait for their first passing check: a 200 proves the check
+    // reached the socket too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let r = loop {
+        let r = get(&gh.url("/page"), &[]).await;
+        if r.status == 200 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "via uds"));
+    let heads = up.heads.lock().unwrap().clone();
+    assert!(heads.iter().any(|h| h.starts_with("GET /healthz ")), "{heads:?}");
+    let proxied = heads
+        .iter()
+        .find(|h| h.starts_with("GET /page "))
+        .expect("the request reached the socket");
+    assert!(proxied.contains("\r\nhost: localhost\r\n"), "{proxied}");
+    let line = gh.wait_for_log_line(r.header("x-request-id")).await;
+    assert!(line.contains(&format!("upstream={}", up.target)), "{line}");
+    drop(gh);
+    let _ = std::fs::remove_dir_all(&dir);
 }

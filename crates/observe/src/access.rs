@@ -10,7 +10,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use gatehouse_config::{AccessLogTarget, LogFormat};
-use http::uri::Authority;
 use http::{HeaderValue, Method, Uri, Version};
 
 use crate::ObserveError;
@@ -60,8 +59,8 @@ pub struct AccessRecord {
     pub duration: Duration,
     /// Name of the route that handled the request.
     pub route: Option<Arc<str>>,
-    /// The upstream target, when the request was proxied.
-    pub upstream: Option<Authority>,
+    /// The upstream target (`host:port` or `unix:/path`), when the request was proxied.
+    pub upstream: Option<Arc<str>>,
     /// Time until the upstream's response headers arrived.
     pub upstream_duration: Option<Duration>,
 }
@@ -350,7 +349,7 @@ fn write_text(out: &mut impl Write, clock: &mut Clock, r: &AccessRecord) -> io::
     }
     out.write_all(b" upstream=")?;
     match &r.upstream {
-        Some(u) => out.write_all(u.as_str().as_bytes())?,
+        Some(u) => write_escaped(out, u.as_bytes())?,
         None => out.write_all(b"-")?,
     }
     out.write_all(b" upstream_ms=")?;
@@ -379,7 +378,7 @@ fn write_json(out: &mut impl Write, r: &AccessRecord) -> io::Result<()> {
         "bytes_out": r.bytes_out,
         "duration_ms": ms(r.duration),
         "route": r.route.as_deref(),
-        "upstream": r.upstream.as_ref().map(Authority::as_str),
+        "upstream": r.upstream.as_deref(),
         "upstream_ms": r.upstream_duration.map(ms),
     });
     serde_json::to_writer(&mut *out, &value)?;
@@ -419,7 +418,7 @@ mod tests {
             bytes_out: 7,
             duration: Duration::from_micros(1500),
             route: Some(Arc::from("app.example.com/api/")),
-            upstream: Some("127.0.0.1:8000".parse().unwrap()),
+            upstream: Some(Arc::from("127.0.0.1:8000")),
             upstream_duration: Some(Duration::from_micros(1200)),
         }
     }
