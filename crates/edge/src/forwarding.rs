@@ -204,57 +204,113 @@ impl PeerInfo {
     }
 }
 
-/// Sets `X-Forwarded-For/-Proto/-Host` and `Forwarded` on a request going upstream.
+/// The headers gatehouse itself sets on a request going upstream: `Host`,
+/// `X-Forwarded-For/-Proto/-Host`, `Forwarded` and `X-Request-Id`. They are
+/// written straight into the upstream request head, after the client's headers,
+/// whose own copies of these names are left out ([`ProxyHeaders::replaces`]).
 ///
-/// From a trusted peer, existing values are extended; from anyone else they are
-/// replaced, so a client cannot forge its address or scheme.
-pub(crate) fn add_forwarding_headers(
-    headers: &mut HeaderMap,
-    peer: &PeerInfo,
-    proto: &'static str,
-    host: Option<&HeaderValue>,
-) {
-    let xff = if peer.trusted {
-        match join_existing(headers, &X_FORWARDED_FOR) {
-            Some(mut prior) => {
-                prior.extend_from_slice(b", ");
-                prior.extend_from_slice(peer.ip_header.as_bytes());
-                HeaderValue::from_bytes(&prior).unwrap_or_else(|_| peer.ip_header.clone())
+/// From a trusted peer, existing forwarding values are extended or kept; from
+/// anyone else they are replaced, so a client cannot forge its address or scheme.
+#[derive(Debug, Clone)]
+pub(crate) struct ProxyHeaders {
+    /// The target's `host:port`, or the client's host with `preserve_host`
+    /// (set for each attempt).
+    pub(crate) host: HeaderValue,
+    pub(crate) x_forwarded_for: HeaderValue,
+    pub(crate) x_forwarded_proto: HeaderValue,
+    pub(crate) x_forwarded_host: Option<HeaderValue>,
+    pub(crate) forwarded: Option<HeaderValue>,
+    pub(crate) request_id: HeaderValue,
+}
+
+impl ProxyHeaders {
+    /// The values for a request with client headers `headers` from `peer`.
+    pub(crate) fn new(
+        headers: &HeaderMap,
+        peer: &PeerInfo,
+        proto: &'static str,
+        host: Option<&HeaderValue>,
+        request_id: HeaderValue,
+    ) -> Self {
+        let joined = |name: &HeaderName| {
+            if peer.trusted {
+                join_existing(headers, name).and_then(|v| HeaderValue::from_bytes(&v).ok())
+            } else {
+                None
+            }
+        };
+        let x_forwarded_for = match joined(&X_FORWARDED_FOR) {
+            Some(prior) => {
+                let mut v = prior.as_bytes().to_vec();
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(peer.ip_header.as_bytes());
+                HeaderValue::from_bytes(&v).unwrap_or_else(|_| peer.ip_header.clone())
             }
             None => peer.ip_header.clone(),
-        }
-    } else {
-        peer.ip_header.clone()
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
-
-    if !(peer.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    }
-    if !(peer.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        match host {
-            Some(h) => headers.insert(X_FORWARDED_HOST.clone(), h.clone()),
-            None => headers.remove(&X_FORWARDED_HOST),
         };
-    }
-
-    let node = peer.forwarded_node(host, proto);
-    let forwarded = if peer.trusted {
-        match join_existing(headers, &header::FORWARDED) {
-            Some(mut prior) => {
-                prior.extend_from_slice(b", ");
-                prior.extend_from_slice(node.as_bytes());
-                HeaderValue::from_bytes(&prior).ok()
+        let x_forwarded_proto = joined(&X_FORWARDED_PROTO).unwrap_or_else(|| HeaderValue::from_static(proto));
+        let x_forwarded_host = joined(&X_FORWARDED_HOST).or_else(|| host.cloned());
+        let node = peer.forwarded_node(host, proto);
+        let forwarded = match joined(&header::FORWARDED) {
+            Some(prior) => {
+                let mut v = prior.as_bytes().to_vec();
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(node.as_bytes());
+                HeaderValue::from_bytes(&v).ok()
             }
             None => Some(node),
+        };
+        Self {
+            host: HeaderValue::from_static(""),
+            x_forwarded_for,
+            x_forwarded_proto,
+            x_forwarded_host,
+            forwarded,
+            request_id,
         }
-    } else {
-        Some(node)
-    };
-    match forwarded {
-        Some(v) => headers.insert(header::FORWARDED, v),
-        None => headers.remove(header::FORWARDED),
-    };
+    }
+
+    /// Whether a client header of this name is left out because gatehouse
+    /// sets it.
+    pub(crate) fn replaces(name: &HeaderName) -> bool {
+        matches!(
+            name.as_str(),
+            "host" | "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "forwarded" | "x-request-id"
+        )
+    }
+
+    /// The value gatehouse sends for `name`, if it is one of these headers
+    /// (`Host` excepted: it depends on the target, so a balancer hashing on it
+    /// sees the client's).
+    pub(crate) fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        match name.as_str() {
+            "x-forwarded-for" => Some(&self.x_forwarded_for),
+            "x-forwarded-proto" => Some(&self.x_forwarded_proto),
+            "x-forwarded-host" => self.x_forwarded_host.as_ref(),
+            "forwarded" => self.forwarded.as_ref(),
+            "x-request-id" => Some(&self.request_id),
+            _ => None,
+        }
+    }
+
+    /// Appends the header lines to a request head.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        let mut line = |name: &[u8], value: &HeaderValue| {
+            out.extend_from_slice(name);
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        };
+        line(b"host: ", &self.host);
+        line(b"x-forwarded-for: ", &self.x_forwarded_for);
+        line(b"x-forwarded-proto: ", &self.x_forwarded_proto);
+        if let Some(v) = &self.x_forwarded_host {
+            line(b"x-forwarded-host: ", v);
+        }
+        if let Some(v) = &self.forwarded {
+            line(b"forwarded: ", v);
+        }
+        line(b"x-request-id: ", &self.request_id);
+    }
 }
 
 /// All values of a header joined with `, `, or `None` if absent.
@@ -344,36 +400,64 @@ mod tests {
 
     #[test]
     fn forwarding_headers_replace_untrusted_values() {
-        let mut h = hm(&[
+        let h = hm(&[
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-proto", "https"),
             ("forwarded", "for=1.1.1.1"),
         ]);
         let peer = PeerInfo::new("203.0.113.7".parse().unwrap(), &[]);
-        add_forwarding_headers(
-            &mut h,
+        let p = ProxyHeaders::new(
+            &h,
             &peer,
             "http",
             Some(&HeaderValue::from_static("app.example.com")),
+            HeaderValue::from_static("id1"),
         );
-        assert_eq!(h["x-forwarded-for"], "203.0.113.7");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "app.example.com");
-        assert_eq!(h["forwarded"], "for=203.0.113.7;host=\"app.example.com\";proto=http");
+        assert_eq!(p.x_forwarded_for, "203.0.113.7");
+        assert_eq!(p.x_forwarded_proto, "http");
+        assert_eq!(p.x_forwarded_host.as_ref().unwrap(), "app.example.com");
+        assert_eq!(
+            p.forwarded.as_ref().unwrap(),
+            "for=203.0.113.7;host=\"app.example.com\";proto=http"
+        );
+        let mut head = Vec::new();
+        p.write(&mut head);
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "host: \r\nx-forwarded-for: 203.0.113.7\r\nx-forwarded-proto: http\r\n\
+             x-forwarded-host: app.example.com\r\nforwarded: for=203.0.113.7;host=\"app.example.com\";proto=http\r\n\
+             x-request-id: id1\r\n"
+        );
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+            "x-request-id",
+        ] {
+            let name = HeaderName::from_static(name);
+            assert!(ProxyHeaders::replaces(&name) && p.get(&name).is_some(), "{name}");
+        }
+        assert!(ProxyHeaders::replaces(&header::HOST) && p.get(&header::HOST).is_none());
+        assert!(!ProxyHeaders::replaces(&header::USER_AGENT));
     }
 
     #[test]
     fn forwarding_headers_extend_trusted_values() {
-        let mut h = hm(&[
+        let h = hm(&[
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-proto", "https"),
             ("forwarded", "for=1.1.1.1;proto=https"),
         ]);
         let peer = PeerInfo::new("::1".parse().unwrap(), &nets(&["::1/128"]));
-        add_forwarding_headers(&mut h, &peer, "http", None);
-        assert_eq!(h["x-forwarded-for"], "1.1.1.1, ::1");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["forwarded"], "for=1.1.1.1;proto=https, for=\"[::1]\";proto=http");
+        let p = ProxyHeaders::new(&h, &peer, "http", None, HeaderValue::from_static("id"));
+        assert_eq!(p.x_forwarded_for, "1.1.1.1, ::1");
+        assert_eq!(p.x_forwarded_proto, "https");
+        assert_eq!(p.x_forwarded_host, None);
+        assert_eq!(
+            p.forwarded.as_ref().unwrap(),
+            "for=1.1.1.1;proto=https, for=\"[::1]\";proto=http"
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::connect::Stream;
+use crate::forwarding::ProxyHeaders;
 
 use crate::body::{RequestBody, RequestBodyError};
 use crate::pool::TargetPool;
@@ -618,14 +619,16 @@ pub(crate) struct Failed {
 }
 
 impl Exchange {
-    /// Writes `req` on `conn` and waits for the response head.
+    /// Writes `req` with gatehouse's headers `extra` on `conn` and waits for
+    /// the response head.
     pub(crate) async fn start(
         mut conn: Conn,
         req: Request<RequestBody>,
+        extra: &ProxyHeaders,
     ) -> Result<(http::response::Parts, Exchange), Failed> {
         let (parts, body) = req.into_parts();
         let mut head = std::mem::take(&mut conn.head);
-        let chunked = encode_head(&mut head, &parts, &body);
+        let chunked = encode_head(&mut head, &parts, extra, &body);
         let has_body = !body.is_end_stream();
         let mut x = Exchange {
             conn,
@@ -779,9 +782,10 @@ impl Exchange {
     }
 }
 
-/// Writes the request head. Returns whether the body is sent chunked: a body
-/// of unknown length without a `Content-Length` from the client.
-fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBody) -> bool {
+/// Writes the request head: the client's headers but those gatehouse sets,
+/// then gatehouse's. Returns whether the body is sent chunked: a body of
+/// unknown length without a `Content-Length` from the client.
+fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, extra: &ProxyHeaders, body: &RequestBody) -> bool {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -789,11 +793,15 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBo
     out.extend_from_slice(if target.is_empty() { b"/" } else { target.as_bytes() });
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
+        if ProxyHeaders::replaces(name) {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    extra.write(out);
     let mut chunked = false;
     if !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
         match body.size_hint().exact() {

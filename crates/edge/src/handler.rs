@@ -34,7 +34,7 @@ use hyper_util::rt::TokioIo;
 use gatehouse_policy::{ConcurrencyGuard, Decision};
 
 use crate::body::{BodyFault, BodyRules, InFlight, PendingLog, RequestBody, RequestBodyError, ResponseBody};
-use crate::forwarding::{self, PeerInfo, X_REQUEST_ID};
+use crate::forwarding::{self, PeerInfo, ProxyHeaders, X_REQUEST_ID};
 use crate::h1::ExchangeError;
 use crate::path::{self, PathError};
 use crate::policies::{self, PolicySet};
@@ -645,8 +645,6 @@ impl Worker {
         };
         // Origin-form (`/path?query`): the connection already goes to the target.
         parts.uri = Uri::from(path_and_query);
-        // Room for the headers added below, so the map grows at most once.
-        parts.headers.reserve(6);
         let upgrade = forwarding::strip_hop_by_hop(&mut parts.headers);
         let upgrade = upgrade.filter(|_| client_upgrade.is_some());
         if let Some(proto) = &upgrade {
@@ -659,8 +657,8 @@ impl Worker {
         policies::strip_internal_headers(&mut parts.headers);
         route.site.policy.request_headers.apply(&mut parts.headers);
         route.policy.request_headers.apply(&mut parts.headers);
-        forwarding::add_forwarding_headers(&mut parts.headers, &conn.peer, conn.proto, host);
-        parts.headers.insert(X_REQUEST_ID.clone(), ctx.request_id.clone());
+        // Host is set for each attempt; these go into the head, not the map.
+        let mut proxy_headers = ProxyHeaders::new(&parts.headers, &conn.peer, conn.proto, host, ctx.request_id.clone());
         parts.version = Version::HTTP_11;
 
         // What the balancer keys on.
@@ -669,7 +667,10 @@ impl Worker {
             std::net::IpAddr::V6(v6) => v6.octets(),
         };
         let header_key: Option<Vec<u8>> = match &pool.key {
-            KeyKind::Header(name) => parts.headers.get(name).map(|v| v.as_bytes().to_vec()),
+            KeyKind::Header(name) => proxy_headers
+                .get(name)
+                .or_else(|| parts.headers.get(name))
+                .map(|v| v.as_bytes().to_vec()),
             _ => None,
         };
         let key = match &pool.key {
@@ -744,7 +745,7 @@ impl Worker {
         let mut n_tried = 0;
         let mut last_error: Option<(StatusCode, &'static str)> = None;
         let outcome = loop {
-            let Some(mut upstream_req) = pending.take() else {
+            let Some(upstream_req) = pending.take() else {
                 break None;
             };
             let Some(choice) = pool.balancer.select(key, &tried[..n_tried]) else {
@@ -757,11 +758,10 @@ impl Worker {
             };
             let health = &self.shared.health[action.upstream][choice.index];
             ctx.upstream = Some(target.pool.target.id.clone());
-            let host_header = match (action.preserve_host, host) {
+            proxy_headers.host = match (action.preserve_host, host) {
                 (true, Some(h)) => h.clone(),
                 _ => target.host_header.clone(),
             };
-            upstream_req.headers_mut().insert(header::HOST, host_header);
             let in_flight = if pool.track_load {
                 pool.balancer.acquire(choice.index).map(InFlight)
             } else {
@@ -771,7 +771,11 @@ impl Worker {
 
             // Boxed: the exchange's state is built once on the heap instead of
             // being moved through the timeout and this future's own state.
-            let sent = tokio::time::timeout(pool.response_timeout, Box::pin(target.pool.send(upstream_req))).await;
+            let sent = tokio::time::timeout(
+                pool.response_timeout,
+                Box::pin(target.pool.send(upstream_req, &proxy_headers)),
+            )
+            .await;
             ctx.upstream_duration = Some(start.elapsed());
             match sent {
                 Ok(Ok(resp)) => {

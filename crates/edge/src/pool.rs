@@ -14,6 +14,7 @@ use gatehouse_config::{Target, Upstream};
 use http::{Request, Response};
 
 use crate::body::RequestBody;
+use crate::forwarding::ProxyHeaders;
 use crate::h1::{Conn, Exchange, ExchangeError, Failed, UpstreamBody};
 
 /// Why a request could not be sent to a target.
@@ -115,8 +116,8 @@ impl TargetPool {
         }
     }
 
-    /// Sends `req` on a pooled or new connection and waits for the response
-    /// head. A request that a pooled connection failed before the upstream
+    /// Sends `req`, with gatehouse's own headers `extra`, on a pooled or new
+    /// connection and waits for the response head. A request that a pooled connection failed before the upstream
     /// answered or took any of its body is sent again on a new connection, so an
     /// upstream closing idle connections is never visible. When the request
     /// can still be sent elsewhere (nothing answered, no body taken, and either
@@ -125,10 +126,11 @@ impl TargetPool {
     pub(crate) async fn send(
         self: &Arc<Self>,
         req: Request<RequestBody>,
+        extra: &ProxyHeaders,
     ) -> Result<Response<UpstreamBody>, (SendError, Option<Request<RequestBody>>)> {
         let mut req = req;
         if let Some(conn) = self.take_idle() {
-            match Exchange::start(conn, req).await {
+            match Exchange::start(conn, req, extra).await {
                 Ok((parts, exchange)) => return Ok(self.response(parts, exchange)),
                 Err(Failed {
                     error,
@@ -147,7 +149,7 @@ impl TargetPool {
             Ok(c) => c,
             Err(e) => return Err((e, Some(req))),
         };
-        match Exchange::start(conn, req).await {
+        match Exchange::start(conn, req, extra).await {
             Ok((parts, exchange)) => Ok(self.response(parts, exchange)),
             Err(Failed { error, unsent, .. }) => Err((self.exchange_error(error), unsent)),
         }

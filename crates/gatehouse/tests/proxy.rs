@@ -100,6 +100,7 @@ async fn forwarding_headers_are_set_and_hop_by_hop_headers_stripped() {
             ("host", "app.test"),
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "evil.example"),
             ("forwarded", "for=6.6.6.6"),
             ("x-request-id", "spoofed-id"),
             ("connection", "keep-alive, x-private"),
@@ -126,6 +127,16 @@ async fn forwarding_headers_are_set_and_hop_by_hop_headers_stripped() {
         assert!(seen.headers.get(hop).is_none(), "{hop} reached the upstream");
     }
     assert_eq!(seen.header("x-custom"), "kept");
+    for replaced in [
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "x-request-id",
+    ] {
+        assert_eq!(seen.headers.get_all(replaced).iter().count(), 1, "{replaced} sent once");
+    }
 
     let line = gh.wait_for_log_line(r.header("x-request-id")).await;
     assert!(line.contains(" 127.0.0.1 "), "{line}");
