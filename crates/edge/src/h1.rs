@@ -296,9 +296,40 @@ enum Framing {
 pub(crate) struct ParsedHead {
     pub(crate) status: StatusCode,
     pub(crate) version: Version,
+    /// The end-to-end header fields: hop-by-hop ones (RFC 9110 §7.6.1) and those
+    /// `Connection` names are left out, except in a `101` answer, which keeps
+    /// them all for the client.
     pub(crate) headers: HeaderMap,
     /// Bytes after the head, already read.
     pub(crate) rest: Bytes,
+    /// `Connection: close` was sent.
+    close: bool,
+    /// `Transfer-Encoding` was sent: whether its last coding is `chunked`.
+    chunked: Option<bool>,
+    /// What `Content-Length` said.
+    length: Length,
+}
+
+/// The `Content-Length` fields of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Length {
+    Absent,
+    Is(u64),
+    Invalid(&'static str),
+}
+
+impl Length {
+    /// Takes in one field value (a list of lengths that must all agree).
+    fn add(self, value: &[u8]) -> Self {
+        value
+            .split(|b| *b == b',')
+            .fold(self, |seen, part| match (seen, parse_decimal(part.trim_ascii())) {
+                (Length::Invalid(why), _) => Length::Invalid(why),
+                (_, None) => Length::Invalid("Content-Length"),
+                (Length::Is(l), Some(n)) if l != n => Length::Invalid("conflicting Content-Length values"),
+                (_, Some(n)) => Length::Is(n),
+            })
+    }
 }
 
 /// Parses a response head at the start of `buf`. `Ok(None)` when more bytes are
@@ -334,71 +365,90 @@ pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Excha
     } else {
         Version::HTTP_11
     };
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ExchangeError::Invalid("header name"))?;
-        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value))
-            .map_err(|_| ExchangeError::Invalid("header value"))?;
-        headers.append(name, value);
-    }
-    Ok(Some(ParsedHead {
+    let keep_all = status == StatusCode::SWITCHING_PROTOCOLS;
+    let mut head = ParsedHead {
         status,
         version,
-        headers,
-        rest: bytes.slice(len..),
-    }))
+        headers: HeaderMap::with_capacity(resp.headers.len()),
+        rest: Bytes::new(),
+        close: false,
+        chunked: None,
+        length: Length::Absent,
+    };
+    // Names `Connection` lists, removed at the end (they may come before it).
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for h in resp.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ExchangeError::Invalid("header name"))?;
+        match name.as_str() {
+            "connection" => {
+                for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        head.close = true;
+                    } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.eq_ignore_ascii_case(b"upgrade") {
+                        if let Ok(n) = HeaderName::from_bytes(token) {
+                            listed.push(n);
+                        }
+                    }
+                }
+                if !keep_all {
+                    continue;
+                }
+            }
+            "transfer-encoding" => {
+                let last = h.value.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii);
+                head.chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+                if !keep_all {
+                    continue;
+                }
+            }
+            "keep-alive" | "proxy-connection" | "proxy-authorization" | "te" | "upgrade" if !keep_all => continue,
+            "content-length" => head.length = head.length.add(h.value),
+            _ => {}
+        }
+        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value))
+            .map_err(|_| ExchangeError::Invalid("header value"))?;
+        head.headers.append(name, value);
+    }
+    if !keep_all {
+        for name in listed {
+            // Never let `Connection` remove what the framing relies on.
+            if name != header::CONTENT_LENGTH {
+                head.headers.remove(&name);
+            }
+        }
+    }
+    head.rest = bytes.slice(len..);
+    Ok(Some(head))
 }
 
 /// The body framing of a response to `method`, and whether the connection
 /// may carry another request afterwards. Removes a `Content-Length` that a
 /// `Transfer-Encoding` overrides.
 fn framing(method: &Method, head: &mut ParsedHead) -> Result<(Framing, bool), ExchangeError> {
-    let mut keep_alive = head.version == Version::HTTP_11 && !has_token(&head.headers, header::CONNECTION, "close");
+    let mut keep_alive = head.version == Version::HTTP_11 && !head.close;
     let status = head.status.as_u16();
     if method == Method::HEAD || (100..200).contains(&status) || status == 204 || status == 304 {
         return Ok((Framing::Done, keep_alive));
     }
-    if head.headers.contains_key(header::TRANSFER_ENCODING) {
+    if let Some(chunked) = head.chunked {
         // RFC 9112 §6.3: the transfer coding wins over a length, and such a
         // message is not trusted to leave the connection clean.
-        if head.headers.remove(header::CONTENT_LENGTH).is_some() {
+        if head.length != Length::Absent {
+            head.headers.remove(header::CONTENT_LENGTH);
             keep_alive = false;
         }
-        let last = head
-            .headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
-            .map(<[u8]>::trim_ascii);
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => (Framing::Chunked(Chunked::Size), keep_alive),
-            _ => (Framing::UntilClose, false),
+        return Ok(if chunked {
+            (Framing::Chunked(Chunked::Size), keep_alive)
+        } else {
+            (Framing::UntilClose, false)
         });
     }
-    let mut length = None;
-    for value in head.headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let n = parse_decimal(part.trim_ascii()).ok_or(ExchangeError::Invalid("Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ExchangeError::Invalid("conflicting Content-Length values"));
-            }
-            length = Some(n);
-        }
+    match head.length {
+        Length::Invalid(why) => Err(ExchangeError::Invalid(why)),
+        Length::Is(0) => Ok((Framing::Done, keep_alive)),
+        Length::Is(n) => Ok((Framing::Length(n), keep_alive)),
+        Length::Absent => Ok((Framing::UntilClose, false)),
     }
-    Ok(match length {
-        Some(0) => (Framing::Done, keep_alive),
-        Some(n) => (Framing::Length(n), keep_alive),
-        None => (Framing::UntilClose, false),
-    })
-}
-
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
 }
 
 fn parse_decimal(s: &[u8]) -> Option<u64> {

@@ -871,7 +871,7 @@ impl Worker {
             });
             return Response::from_parts(parts, ResponseBody::empty());
         }
-        forwarding::strip_hop_by_hop(resp.headers_mut());
+        // Hop-by-hop fields were left out when the head was read (h1.rs).
         if choice.set_cookie {
             if let (KeyKind::Cookie(sticky), Some(spec)) = (&pool.key, pool.balancer.target(choice.index)) {
                 if let Ok(v) = HeaderValue::from_str(&sticky.set_cookie(spec.id)) {

@@ -206,3 +206,22 @@ fn hex_and_decimal_helpers() {
     assert_eq!(parse_decimal(b"1234567890123456789"), Some(1_234_567_890_123_456_789));
     assert_eq!(parse_decimal(b"+1"), None);
 }
+
+#[test]
+fn hop_by_hop_fields_stay_out_of_the_answer() {
+    let h = head(
+        "HTTP/1.1 200 OK\r\nX-Before: 1\r\nConnection: keep-alive, X-Before, X-After\r\nKeep-Alive: timeout=5\r\n\
+         Upgrade: h2c\r\nProxy-Connection: x\r\nTE: trailers\r\nX-After: 2\r\nX-Kept: 3\r\nContent-Length: 0\r\n\r\n",
+    );
+    let mut names: Vec<&str> = h.headers.keys().map(HeaderName::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["content-length", "x-kept"]);
+    // A 101 keeps them for the client, which needs Connection and Upgrade.
+    let h = head("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nX-Other: 1\r\n\r\n");
+    assert_eq!(h.headers.len(), 3);
+    assert_eq!(h.headers["upgrade"], "websocket");
+    // Connection cannot remove the length the framing relies on.
+    let mut h = head("HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 2\r\n\r\nok");
+    assert_eq!(framing(&Method::GET, &mut h).unwrap(), (Framing::Length(2), true));
+    assert_eq!(h.headers["content-length"], "2");
+}
