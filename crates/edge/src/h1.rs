@@ -675,12 +675,14 @@ impl Exchange {
         mut conn: Conn,
         req: Request<RequestBody>,
         extra: &ProxyHeaders,
-    ) -> Result<(http::response::Parts, Exchange), Failed> {
+    ) -> Result<(http::response::Parts, Box<Exchange>), Failed> {
         let (parts, body) = req.into_parts();
         let mut head = std::mem::take(&mut conn.head);
         let chunked = encode_head(&mut head, &parts, extra, &body);
         let has_body = !body.is_end_stream();
-        let mut x = Exchange {
+        // Boxed once here: the exchange then travels inside the response body
+        // by pointer instead of being copied through every layer.
+        let mut x = Box::new(Exchange {
             conn,
             send: Sender {
                 out: Outbox {
@@ -703,7 +705,7 @@ impl Exchange {
             rest: Bytes::new(),
             answered: false,
             switching: false,
-        };
+        });
         match std::future::poll_fn(|cx| x.poll_head(cx)).await {
             Ok(head) => Ok((response_parts(head), x)),
             Err(error) => {
@@ -818,7 +820,7 @@ impl Exchange {
     }
 
     /// The connection, if it can carry another request.
-    fn into_reusable(self) -> Option<Conn> {
+    fn into_reusable(self: Box<Self>) -> Option<Conn> {
         let clean = self.keep_alive
             && self.send.done
             && !self.send.failed
@@ -882,12 +884,12 @@ fn response_parts(head: ParsedHead) -> http::response::Parts {
 /// A response body read from an upstream connection, which goes back to its
 /// pool when the body is complete, or is closed if the body is dropped before.
 pub(crate) struct UpstreamBody {
-    exchange: Option<Exchange>,
+    exchange: Option<Box<Exchange>>,
     pool: Arc<TargetPool>,
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(exchange: Exchange, pool: Arc<TargetPool>) -> Self {
+    pub(crate) fn new(exchange: Box<Exchange>, pool: Arc<TargetPool>) -> Self {
         let mut body = Self {
             exchange: Some(exchange),
             pool,

@@ -155,7 +155,7 @@ impl TargetPool {
         }
     }
 
-    fn response(self: &Arc<Self>, parts: http::response::Parts, exchange: Exchange) -> Response<UpstreamBody> {
+    fn response(self: &Arc<Self>, parts: http::response::Parts, exchange: Box<Exchange>) -> Response<UpstreamBody> {
         Response::from_parts(parts, UpstreamBody::new(exchange, self.clone()))
     }
 
