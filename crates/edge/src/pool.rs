@@ -7,6 +7,7 @@
 //! its connection instead, so a half-read response can never leak into the next
 //! request.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -42,7 +43,8 @@ pub(crate) enum SendError {
 /// Connection pool of one target.
 pub(crate) struct TargetPool {
     pub(crate) target: Target,
-    idle: Mutex<Vec<IdleConn>>,
+    /// Oldest first; requests take the most recently used.
+    idle: Mutex<VecDeque<IdleConn>>,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -57,7 +59,7 @@ impl TargetPool {
     pub(crate) fn new(target: Target, upstream: &Upstream) -> Arc<Self> {
         Arc::new(Self {
             target,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
             max_idle: upstream.keepalive,
             idle_timeout: upstream.idle_timeout,
             connect_timeout: upstream.connect_timeout,
@@ -78,11 +80,19 @@ impl TargetPool {
             && self.connect_timeout == upstream.connect_timeout
     }
 
-    /// Takes back a connection whose exchange ended cleanly.
+    /// Takes back a connection whose exchange ended cleanly, and closes idle
+    /// connections at the old end that expired or that the upstream closed
+    /// (nothing else watches idle connections, so they are swept here).
     pub(crate) fn put(&self, conn: Conn) {
         if let Ok(mut idle) = self.idle.lock() {
+            while let Some(oldest) = idle.front_mut() {
+                if oldest.since.elapsed() < self.idle_timeout && oldest.conn.is_reusable() {
+                    break;
+                }
+                idle.pop_front();
+            }
             if idle.len() < self.max_idle {
-                idle.push(IdleConn {
+                idle.push_back(IdleConn {
                     conn,
                     since: Instant::now(),
                 });
@@ -93,7 +103,7 @@ impl TargetPool {
     /// The most recently used connection that is still open, if any.
     fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
-        while let Some(mut idle_conn) = idle.pop() {
+        while let Some(mut idle_conn) = idle.pop_back() {
             if idle_conn.since.elapsed() < self.idle_timeout && idle_conn.conn.is_reusable() {
                 return Some(idle_conn.conn);
             }
@@ -164,5 +174,69 @@ impl TargetPool {
             target: self.target.id.to_string(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connect::Stream;
+
+    async fn pool_and_listener(idle_timeout: &str) -> (Arc<TargetPool>, tokio::net::TcpListener) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let toml = format!(
+            "[upstream.app]\ntargets = [\"{}\"]\nidle_timeout = \"{idle_timeout}\"\n",
+            listener.local_addr().unwrap()
+        );
+        let cfg = gatehouse_config::parse_with_env(&toml, std::path::Path::new("t.toml"), &|_| None).unwrap();
+        let up = &cfg.upstreams[0];
+        (TargetPool::new(up.targets[0].clone(), up), listener)
+    }
+
+    /// A pooled connection and the upstream's end of it.
+    async fn open(listener: &tokio::net::TcpListener) -> (Conn, tokio::net::TcpStream) {
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        (Conn::new(Stream::Tcp(client.unwrap())), accepted.unwrap().0)
+    }
+
+    fn idle_count(pool: &TargetPool) -> usize {
+        pool.idle.lock().unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn idle_connections_the_upstream_closed_are_swept_on_the_next_put() {
+        let (pool, listener) = pool_and_listener("90s").await;
+        let (a, a_upstream) = open(&listener).await;
+        let (b, _b_upstream) = open(&listener).await;
+        pool.put(a);
+        assert_eq!(idle_count(&pool), 1);
+        drop(a_upstream);
+        // Let the runtime's poller see the close.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::task::yield_now().await;
+        pool.put(b);
+        assert_eq!(
+            idle_count(&pool),
+            1,
+            "the closed connection was dropped, the live one kept"
+        );
+        assert!(pool.take_idle().is_some());
+    }
+
+    #[tokio::test]
+    async fn expired_idle_connections_are_swept_on_the_next_put() {
+        let (pool, listener) = pool_and_listener("50ms").await;
+        let mut upstream_ends = Vec::new();
+        for _ in 0..3 {
+            let (conn, end) = open(&listener).await;
+            upstream_ends.push(end);
+            pool.put(conn);
+        }
+        assert_eq!(idle_count(&pool), 3);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let (fresh, _end) = open(&listener).await;
+        pool.put(fresh);
+        assert_eq!(idle_count(&pool), 1, "only the fresh connection is left");
     }
 }
