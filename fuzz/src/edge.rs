@@ -640,7 +640,7 @@ pub fn check_range(header: &[u8], len: u64, max_ranges: usize) {
 /// - the outcome does not depend on how the bytes were split into reads: fed
 ///   one byte, seven bytes or all at once, the same status and body or the same
 ///   refusal;
-/// - a body is never longer than the input, and a 204 or 304 has none.
+/// - a 204 or 304 has no body, whatever lengths it declares.
 pub fn check_upstream_response(data: &[u8]) {
     let whole = fuzzing::upstream_response(data, data.len().max(1));
     for step in [1, 7] {
@@ -653,7 +653,6 @@ pub fn check_upstream_response(data: &[u8]) {
         );
     }
     if let Ok((status, body)) = &whole {
-        assert!(body.len() <= data.len(), "body longer than the input: {data:?}");
         if *status == 204 || *status == 304 {
             assert!(body.is_empty(), "{status} with a body: {data:?}");
         }

@@ -6,9 +6,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::BufMut;
 use gatehouse_config::Target;
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 /// An open connection to a target.
@@ -58,22 +57,6 @@ impl Stream {
             Stream::Tcp(s) => s.try_read(buf),
             Stream::Unix(s) => s.try_read(buf),
         }
-    }
-
-    pub(crate) fn try_read_buf<B: BufMut>(&self, buf: &mut B) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.try_read_buf(buf),
-            Stream::Unix(s) => s.try_read_buf(buf),
-        }
-    }
-
-    /// Forgets read readiness without a system call (after a short read).
-    pub(crate) fn clear_read_ready(&self) {
-        let would_block = || Err::<(), _>(io::ErrorKind::WouldBlock.into());
-        let _ = match self {
-            Stream::Tcp(s) => s.try_io(Interest::READABLE, would_block),
-            Stream::Unix(s) => s.try_io(Interest::READABLE, would_block),
-        };
     }
 }
 

@@ -121,22 +121,10 @@ impl Conn {
         if self.buf.capacity() - self.buf.len() < want.max(1) {
             self.buf.reserve(want.max(1));
         }
-        let room = self.buf.capacity() - self.buf.len();
-        loop {
-            ready!(self.io.poll_read_ready(cx))?;
-            match self.io.try_read_buf(&mut self.buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Ok(n) if n > 0 && n < room => {
-                    // A short read emptied the socket: forget its readiness now
-                    // (as tokio's own `poll_read` does) rather than learning it
-                    // from one more read that would block. The poller reports
-                    // the next arrival.
-                    self.io.clear_read_ready();
-                    return Poll::Ready(Ok(n));
-                }
-                res => return Poll::Ready(res),
-            }
-        }
+        // tokio's `poll_read` forgets the socket's readiness after a short
+        // read (the socket is drained), so the next read waits for the poller
+        // instead of returning EAGAIN.
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 }
 
@@ -233,6 +221,8 @@ impl Sender {
                 }
             }
             Some(Err(e)) => {
+                // Part of the body may be gone: the request cannot be sent again.
+                self.started = true;
                 self.body = None;
                 return Poll::Ready(Err(ExchangeError::RequestBody(e)));
             }
@@ -711,6 +701,7 @@ impl Exchange {
             Err(error) => {
                 let resendable = !x.answered
                     && !x.send.started
+                    && !matches!(error, ExchangeError::RequestBody(_))
                     && (crate::handler::is_idempotent(&parts.method) || !x.send.out.wrote);
                 let unsent = resendable.then(|| {
                     let body = x.send.body.take().unwrap_or_else(RequestBody::empty);

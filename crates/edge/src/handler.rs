@@ -801,6 +801,20 @@ impl Worker {
                     break Some((resp, in_flight, choice));
                 }
                 Ok(Err(_)) if client_fault() => break None,
+                Ok(Err((
+                    SendError::Exchange {
+                        source: ExchangeError::RequestBody(e),
+                        ..
+                    },
+                    _,
+                ))) => {
+                    // The client's side failed (it went away mid-body): not the
+                    // target's fault, and nothing to retry.
+                    tracing::debug!(request_id = ?ctx.request_id, error = %e, "Request body failed.");
+                    ctx.close = true;
+                    last_error = Some((StatusCode::BAD_REQUEST, "request body could not be read"));
+                    break None;
+                }
                 Ok(Err((e, unsent))) => {
                     health.record_failure();
                     tracing::warn!(
@@ -973,7 +987,6 @@ fn classify(e: &SendError) -> (StatusCode, &'static str) {
             ExchangeError::Closed | ExchangeError::ClosedInHead | ExchangeError::Io(_) => {
                 (StatusCode::BAD_GATEWAY, "upstream closed the connection")
             }
-            ExchangeError::RequestBody(_) => (StatusCode::BAD_REQUEST, "request body could not be read"),
             _ => (StatusCode::BAD_GATEWAY, "invalid upstream response"),
         },
     }

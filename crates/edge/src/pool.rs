@@ -127,12 +127,13 @@ impl TargetPool {
     }
 
     /// Sends `req`, with gatehouse's own headers `extra`, on a pooled or new
-    /// connection and waits for the response head. A request that a pooled connection failed before the upstream
-    /// answered or took any of its body is sent again on a new connection, so an
-    /// upstream closing idle connections is never visible. When the request
-    /// can still be sent elsewhere (nothing answered, no body taken, and either
-    /// idempotent or not written at all) it comes back with the error, so the
-    /// caller can try another target.
+    /// connection and waits for the response head.
+    ///
+    /// A pooled connection that fails before any answer (the upstream closed it
+    /// as the request went out) is replaced once by a new connection when the
+    /// request can be sent again (see [`Failed`]). When the request can still
+    /// go elsewhere it comes back with the error, so the caller can try another
+    /// target.
     pub(crate) async fn send(
         self: &Arc<Self>,
         req: Request<RequestBody>,
@@ -145,7 +146,6 @@ impl TargetPool {
                 Err(Failed {
                     error,
                     unsent: Some(unsent),
-                    ..
                 }) => {
                     tracing::debug!(upstream = %self.target.id, %error, "Pooled connection failed; sending on a new one.");
                     req = unsent;
@@ -161,7 +161,7 @@ impl TargetPool {
         };
         match Exchange::start(conn, req, extra).await {
             Ok((parts, exchange)) => Ok(self.response(parts, exchange)),
-            Err(Failed { error, unsent, .. }) => Err((self.exchange_error(error), unsent)),
+            Err(Failed { error, unsent }) => Err((self.exchange_error(error), unsent)),
         }
     }
 

@@ -317,3 +317,69 @@ async fn unix_socket_targets_are_proxied_and_health_checked() {
     drop(gh);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_refused_request_body_is_never_sent_again_without_it() {
+    use gatehouse_testkit::upstream::{Behavior, Upstream};
+    use http_body_util::{BodyExt, StreamBody};
+    let app = Upstream::start(Behavior::Sink).await;
+    let gh = Gatehouse::start(&format!(
+        r#"
+[server]
+workers = 1
+
+[upstream.app]
+targets = ["{}"]
+retries = {{ attempts = 3 }}
+
+[[site]]
+default = true
+  [[site.route]]
+  path = "/"
+  upstream = "app"
+  max_body_size = "1KiB"
+"#,
+        app.addr
+    ));
+    // A pooled connection to the upstream...
+    assert_eq!(get(&gh.url("/warm"), &[]).await.status, 200);
+    // ...then a chunked upload whose first piece is over the limit: the body
+    // fails before a byte of it is written.
+    let frames = gatehouse_testkit::data::frames(2400, 2400, b'x');
+    let req = Request::post(gh.url("/up"))
+        .body(BodyExt::boxed(StreamBody::new(frames)))
+        .unwrap();
+    let r = send(&client::http1(), req).await;
+    assert_eq!(r.status, 413);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let seen: Vec<String> = app
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.uri))
+        .collect();
+    assert_eq!(
+        seen,
+        ["GET /warm"],
+        "the POST reached no upstream, not even without its body"
+    );
+}
+
+#[tokio::test]
+async fn connect_is_refused() {
+    let up = Scripted::start(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", After::KeepOpen).await;
+    let gh = up.gatehouse();
+    let mut s = tokio::net::TcpStream::connect(gh.addr).await.unwrap();
+    s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    // An authority-form target is no path to route: CONNECT never becomes a tunnel.
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("request target must be an absolute path"), "{answer}");
+    assert!(up.heads.lock().unwrap().is_empty(), "nothing reached the upstream");
+}
