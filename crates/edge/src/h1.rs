@@ -463,21 +463,100 @@ fn write_hex(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
+/// Takes the final response head from the front of `buf`, skipping interim
+/// answers (`100 Continue`, `103 Early Hints`; a `101` is final). `Ok(None)`
+/// when more bytes are needed.
+fn take_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ExchangeError> {
+    while !buf.is_empty() {
+        let Some(head) = parse_head(buf)? else {
+            return Ok(None);
+        };
+        if !head.status.is_informational() || head.status == StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(Some(head));
+        }
+        *buf = BytesMut::from(&head.rest[..]);
+    }
+    Ok(None)
+}
+
+/// What a body reader found in the bytes it has.
+enum Piece {
+    Data(Bytes),
+    NeedMore,
+    End,
+}
+
+/// Reads the next piece of a body by its `framing` from what is buffered: the
+/// bytes that came with the head (`rest`) first, then `buf`. No I/O: the
+/// exchange and [`read_response`] feed it.
+fn next_piece(framing: &mut Framing, rest: &mut Bytes, buf: &mut BytesMut) -> Result<Piece, ExchangeError> {
+    match framing {
+        Framing::Done => Ok(Piece::End),
+        Framing::Length(left) => {
+            let limit = usize::try_from(*left).unwrap_or(usize::MAX);
+            let data = if !rest.is_empty() {
+                rest.split_to(limit.min(rest.len()))
+            } else if !buf.is_empty() {
+                buf.split_to(limit.min(buf.len())).freeze()
+            } else {
+                return Ok(Piece::NeedMore);
+            };
+            *left -= data.len() as u64;
+            if *left == 0 {
+                *framing = Framing::Done;
+            }
+            Ok(Piece::Data(data))
+        }
+        Framing::UntilClose => Ok(if !rest.is_empty() {
+            Piece::Data(std::mem::take(rest))
+        } else if !buf.is_empty() {
+            Piece::Data(buf.split().freeze())
+        } else {
+            Piece::NeedMore
+        }),
+        Framing::Chunked(state) => {
+            if !rest.is_empty() {
+                // Rare: only the bytes that came with the head are copied.
+                let mut joined = BytesMut::with_capacity(rest.len() + buf.len());
+                joined.extend_from_slice(rest);
+                joined.extend_from_slice(buf);
+                *buf = joined;
+                *rest = Bytes::new();
+            }
+            match state.decode(buf)? {
+                Decoded::Data(data) => Ok(Piece::Data(data)),
+                Decoded::NeedMore => Ok(Piece::NeedMore),
+                Decoded::End => {
+                    *framing = Framing::Done;
+                    Ok(Piece::End)
+                }
+            }
+        }
+    }
+}
+
+/// The stream ended while a body reader wanted more: the end of an
+/// until-close body, a truncation for any other.
+fn end_of_stream(framing: &mut Framing) -> Result<(), ExchangeError> {
+    match framing {
+        Framing::Done => Ok(()),
+        Framing::UntilClose => {
+            *framing = Framing::Done;
+            Ok(())
+        }
+        Framing::Length(_) | Framing::Chunked(_) => Err(ExchangeError::Truncated),
+    }
+}
+
 /// Reads a whole response to a GET from `data`, fed `step` bytes at a time,
-/// with the parsers an exchange uses: the final status and the decoded body.
-/// For the fuzz targets and property tests (`lib.rs`, `fuzzing`).
+/// through the exchange's own head and body readers: the final status and the
+/// body. For the fuzz targets and property tests (`lib.rs`, `fuzzing`).
 pub(crate) fn read_response(data: &[u8], step: usize) -> Result<(StatusCode, Vec<u8>), ExchangeError> {
     let mut input = data.chunks(step.max(1));
     let mut buf = BytesMut::new();
     let mut head = loop {
-        if !buf.is_empty() {
-            if let Some(head) = parse_head(&mut buf)? {
-                if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
-                    buf = BytesMut::from(&head.rest[..]);
-                    continue;
-                }
-                break head;
-            }
+        if let Some(head) = take_head(&mut buf)? {
+            break head;
         }
         match input.next() {
             Some(piece) => buf.extend_from_slice(piece),
@@ -485,31 +564,21 @@ pub(crate) fn read_response(data: &[u8], step: usize) -> Result<(StatusCode, Vec
             None => return Err(ExchangeError::ClosedInHead),
         }
     };
-    let (framing, _) = framing(&Method::GET, &mut head)?;
-    let mut buf = BytesMut::from(&head.rest[..]);
+    let (mut framing, _) = framing(&Method::GET, &mut head)?;
+    let mut rest = std::mem::take(&mut head.rest);
     let mut body = Vec::new();
-    match framing {
-        Framing::Done => {}
-        Framing::Length(n) => loop {
-            let want = usize::try_from(n).unwrap_or(usize::MAX) - body.len();
-            let take = want.min(buf.len());
-            body.extend_from_slice(&buf.split_to(take));
-            if body.len() as u64 == n {
-                break;
-            }
-            buf.extend_from_slice(input.next().ok_or(ExchangeError::Truncated)?);
-        },
-        Framing::UntilClose => {
-            body.extend_from_slice(&buf);
-            input.for_each(|piece| body.extend_from_slice(piece));
+    loop {
+        match next_piece(&mut framing, &mut rest, &mut buf)? {
+            Piece::Data(data) => body.extend_from_slice(&data),
+            Piece::End => break,
+            Piece::NeedMore => match input.next() {
+                Some(piece) => buf.extend_from_slice(piece),
+                None => {
+                    end_of_stream(&mut framing)?;
+                    break;
+                }
+            },
         }
-        Framing::Chunked(mut state) => loop {
-            match state.decode(&mut buf)? {
-                Decoded::Data(data) => body.extend_from_slice(&data),
-                Decoded::End => break,
-                Decoded::NeedMore => buf.extend_from_slice(input.next().ok_or(ExchangeError::Truncated)?),
-            }
-        },
     }
     Ok((head.status, body))
 }
@@ -715,22 +784,13 @@ impl Exchange {
     fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<ParsedHead, ExchangeError>> {
         loop {
             self.send.progress(&mut self.conn.io, cx)?;
-            if !self.conn.buf.is_empty() {
-                if let Some(mut head) = parse_head(&mut self.conn.buf)? {
-                    let status = head.status.as_u16();
-                    if (100..200).contains(&status) && status != 101 {
-                        // Interim (100 Continue, 103 Early Hints): the real
-                        // answer follows.
-                        self.conn.buf = BytesMut::from(&head.rest[..]);
-                        continue;
-                    }
-                    let (framing, keep_alive) = framing(&self.method, &mut head)?;
-                    self.framing = framing;
-                    self.switching = status == 101;
-                    self.keep_alive = keep_alive && !self.switching;
-                    self.rest = std::mem::take(&mut head.rest);
-                    return Poll::Ready(Ok(head));
-                }
+            if let Some(mut head) = take_head(&mut self.conn.buf)? {
+                let (framing, keep_alive) = framing(&self.method, &mut head)?;
+                self.framing = framing;
+                self.switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
+                self.keep_alive = keep_alive && !self.switching;
+                self.rest = std::mem::take(&mut head.rest);
+                return Poll::Ready(Ok(head));
             }
             match ready!(self.conn.poll_fill(cx, READ_HEAD)) {
                 Ok(0) if self.conn.buf.is_empty() => return Poll::Ready(Err(ExchangeError::Closed)),
@@ -744,68 +804,20 @@ impl Exchange {
     /// The next piece of the response body.
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, ExchangeError>>> {
         loop {
-            match &mut self.framing {
-                Framing::Done => return Poll::Ready(None),
-                Framing::Length(left) => {
-                    let data = if !self.rest.is_empty() {
-                        let n = usize::try_from(*left).unwrap_or(usize::MAX).min(self.rest.len());
-                        self.rest.split_to(n)
-                    } else if !self.conn.buf.is_empty() {
-                        let n = usize::try_from(*left).unwrap_or(usize::MAX).min(self.conn.buf.len());
-                        self.conn.buf.split_to(n).freeze()
-                    } else {
-                        let want = usize::try_from(*left).unwrap_or(usize::MAX).min(READ_BODY);
-                        match ready!(self.conn.poll_fill(cx, want)) {
-                            Ok(0) => return Poll::Ready(Some(Err(ExchangeError::Truncated))),
-                            Ok(_) => continue,
-                            Err(e) => return Poll::Ready(Some(Err(e.into()))),
-                        }
-                    };
-                    *left -= data.len() as u64;
-                    if *left == 0 {
-                        self.framing = Framing::Done;
-                    }
-                    return Poll::Ready(Some(Ok(data)));
-                }
-                Framing::UntilClose => {
-                    if !self.rest.is_empty() {
-                        return Poll::Ready(Some(Ok(std::mem::take(&mut self.rest))));
-                    }
-                    if !self.conn.buf.is_empty() {
-                        return Poll::Ready(Some(Ok(self.conn.buf.split().freeze())));
-                    }
-                    match ready!(self.conn.poll_fill(cx, READ_BODY)) {
-                        Ok(0) => {
-                            self.framing = Framing::Done;
-                            return Poll::Ready(None);
-                        }
-                        Ok(_) => continue,
-                        Err(e) => return Poll::Ready(Some(Err(e.into()))),
-                    }
-                }
-                Framing::Chunked(state) => {
-                    if !self.rest.is_empty() {
-                        // Rare: only the bytes that came with the head are copied.
-                        let mut joined = BytesMut::with_capacity(self.rest.len() + self.conn.buf.len());
-                        joined.extend_from_slice(&self.rest);
-                        joined.extend_from_slice(&self.conn.buf);
-                        self.conn.buf = joined;
-                        self.rest = Bytes::new();
-                    }
-                    match state.decode(&mut self.conn.buf) {
-                        Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(data))),
-                        Ok(Decoded::End) => {
-                            self.framing = Framing::Done;
-                            return Poll::Ready(None);
-                        }
-                        Ok(Decoded::NeedMore) => match ready!(self.conn.poll_fill(cx, READ_BODY)) {
-                            Ok(0) => return Poll::Ready(Some(Err(ExchangeError::Truncated))),
-                            Ok(_) => continue,
-                            Err(e) => return Poll::Ready(Some(Err(e.into()))),
-                        },
-                        Err(e) => return Poll::Ready(Some(Err(e))),
-                    }
-                }
+            match next_piece(&mut self.framing, &mut self.rest, &mut self.conn.buf) {
+                Ok(Piece::Data(data)) => return Poll::Ready(Some(Ok(data))),
+                Ok(Piece::End) => return Poll::Ready(None),
+                Err(e) => return Poll::Ready(Some(Err(e))),
+                Ok(Piece::NeedMore) => {}
+            }
+            let want = match self.framing {
+                Framing::Length(left) => usize::try_from(left).unwrap_or(usize::MAX).min(READ_BODY),
+                _ => READ_BODY,
+            };
+            match ready!(self.conn.poll_fill(cx, want)) {
+                Ok(0) => return Poll::Ready(end_of_stream(&mut self.framing).err().map(Err)),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(e.into()))),
             }
         }
     }
