@@ -383,3 +383,105 @@ async fn connect_is_refused() {
     assert!(answer.contains("request target must be an absolute path"), "{answer}");
     assert!(up.heads.lock().unwrap().is_empty(), "nothing reached the upstream");
 }
+
+#[tokio::test]
+async fn answers_that_leave_doubt_close_their_connection() {
+    for (answer, why) in [
+        (
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"[..],
+            "bytes after the body",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+            "Connection: close",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            "both Transfer-Encoding and Content-Length",
+        ),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", "HTTP/1.0"),
+    ] {
+        let up = Scripted::start(answer, After::KeepOpen).await;
+        let gh = up.gatehouse();
+        for _ in 0..2 {
+            let r = get(&gh.url("/"), &[]).await;
+            assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok"), "{why}");
+        }
+        assert_eq!(up.connections(), 2, "{why}: the connection was not reused");
+    }
+}
+
+#[tokio::test]
+async fn chunked_request_bodies_reach_the_upstream_chunked() {
+    use http_body_util::{BodyExt, StreamBody};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = Scripted::new(listener.local_addr().unwrap().to_string());
+    let (tx, rx) = tokio::sync::oneshot::channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !raw.ends_with(b"0\r\n\r\n") {
+            match s.read(&mut chunk).await {
+                Ok(n) if n > 0 => raw.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        let _ = tx.send(raw);
+    });
+    let gh = up.gatehouse();
+    let frames = gatehouse_testkit::data::frames(2500, 1000, b'x');
+    let req = Request::post(gh.url("/up"))
+        .body(BodyExt::boxed(StreamBody::new(frames)))
+        .unwrap();
+    assert_eq!(send(&client::http1(), req).await.text(), "ok");
+    let raw = String::from_utf8(rx.await.unwrap()).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("\r\ntransfer-encoding: chunked"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    // However the pieces were cut on the way, the framing is valid chunked
+    // encoding of the whole body, ending with the last chunk.
+    let mut rest = body;
+    let mut decoded = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("a chunk-size line");
+        let size = usize::from_str_radix(size, 16).expect("a hex chunk size");
+        if size == 0 {
+            assert_eq!(after, "\r\n", "the last chunk ends the body");
+            break;
+        }
+        decoded.push_str(&after[..size]);
+        rest = after[size..].strip_prefix("\r\n").expect("CRLF after the chunk data");
+    }
+    assert_eq!(decoded, "x".repeat(2500));
+}
+
+#[tokio::test]
+async fn bytes_after_a_101_reach_the_client_through_the_tunnel() {
+    let up = Scripted::start(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x-test\r\n\r\nfirst bytes",
+        After::KeepOpen,
+    )
+    .await;
+    let gh = up.gatehouse();
+    let mut s = tokio::net::TcpStream::connect(gh.addr).await.unwrap();
+    s.write_all(b"GET /tunnel HTTP/1.1\r\nhost: app.test\r\nconnection: upgrade\r\nupgrade: x-test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.ends_with(b"first bytes") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("the tunnel delivers the upstream's first bytes")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 101 "), "{got}");
+    assert!(got.to_ascii_lowercase().contains("\r\nupgrade: x-test\r\n"), "{got}");
+}
