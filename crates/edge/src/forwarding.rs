@@ -24,6 +24,21 @@ pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-for
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Where `name` (lower case) is in [`HOP_BY_HOP`], if it is a hop-by-hop
+/// header. Matched as text: one length switch instead of seven name comparisons.
+pub(crate) fn hop_by_hop_index(name: &str) -> Option<u8> {
+    Some(match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authorization" => 3,
+        "te" => 4,
+        "transfer-encoding" => 5,
+        "upgrade" => 6,
+        _ => return None,
+    })
+}
+
 /// Removes hop-by-hop headers, including any listed in `Connection`.
 ///
 /// Returns the `Upgrade` value if the message asked for a protocol upgrade
@@ -33,18 +48,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
     // messages carry none or only `Connection`, so this beats seven hashed removals.
     let mut present = 0u8;
     for name in headers.keys() {
-        // Matched as text: one length switch instead of seven name comparisons.
-        let i = match name.as_str() {
-            "connection" => 0,
-            "keep-alive" => 1,
-            "proxy-connection" => 2,
-            "proxy-authorization" => 3,
-            "te" => 4,
-            "transfer-encoding" => 5,
-            "upgrade" => 6,
-            _ => continue,
-        };
-        present |= 1 << i;
+        if let Some(i) = hop_by_hop_index(name.as_str()) {
+            present |= 1 << i;
+        }
     }
     if present == 0 {
         return None;
@@ -204,8 +210,9 @@ impl PeerInfo {
     }
 }
 
-/// The headers gatehouse itself sets on a request going upstream: `Host`,
-/// `X-Forwarded-For/-Proto/-Host`, `Forwarded` and `X-Request-Id`. They are
+/// The headers gatehouse itself sets on a request going upstream: `Host` (given
+/// for each attempt), `X-Forwarded-For/-Proto/-Host`, `Forwarded` and
+/// `X-Request-Id`. They are
 /// written straight into the upstream request head, after the client's headers,
 /// whose own copies of these names are left out ([`ProxyHeaders::replaces`]).
 ///
@@ -213,9 +220,6 @@ impl PeerInfo {
 /// anyone else they are replaced, so a client cannot forge its address or scheme.
 #[derive(Debug, Clone)]
 pub(crate) struct ProxyHeaders {
-    /// The target's `host:port`, or the client's host with `preserve_host`
-    /// (set for each attempt).
-    pub(crate) host: HeaderValue,
     pub(crate) x_forwarded_for: HeaderValue,
     pub(crate) x_forwarded_proto: HeaderValue,
     pub(crate) x_forwarded_host: Option<HeaderValue>,
@@ -261,7 +265,6 @@ impl ProxyHeaders {
             None => Some(node),
         };
         Self {
-            host: HeaderValue::from_static(""),
             x_forwarded_for,
             x_forwarded_proto,
             x_forwarded_host,
@@ -293,14 +296,15 @@ impl ProxyHeaders {
         }
     }
 
-    /// Appends the header lines to a request head.
-    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+    /// Appends the header lines to a request head, with `host` (the target's
+    /// `host:port`, or the client's host with `preserve_host`).
+    pub(crate) fn write(&self, host: &HeaderValue, out: &mut Vec<u8>) {
         let mut line = |name: &[u8], value: &HeaderValue| {
             out.extend_from_slice(name);
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         };
-        line(b"host: ", &self.host);
+        line(b"host: ", host);
         line(b"x-forwarded-for: ", &self.x_forwarded_for);
         line(b"x-forwarded-proto: ", &self.x_forwarded_proto);
         if let Some(v) = &self.x_forwarded_host {
@@ -421,10 +425,10 @@ mod tests {
             "for=203.0.113.7;host=\"app.example.com\";proto=http"
         );
         let mut head = Vec::new();
-        p.write(&mut head);
+        p.write(&HeaderValue::from_static("10.0.0.1:8000"), &mut head);
         assert_eq!(
             String::from_utf8(head).unwrap(),
-            "host: \r\nx-forwarded-for: 203.0.113.7\r\nx-forwarded-proto: http\r\n\
+            "host: 10.0.0.1:8000\r\nx-forwarded-for: 203.0.113.7\r\nx-forwarded-proto: http\r\n\
              x-forwarded-host: app.example.com\r\nforwarded: for=203.0.113.7;host=\"app.example.com\";proto=http\r\n\
              x-request-id: id1\r\n"
         );

@@ -391,8 +391,8 @@ pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Excha
                     continue;
                 }
             }
-            "keep-alive" | "proxy-connection" | "proxy-authorization" | "te" | "upgrade" if !keep_all => continue,
             "content-length" => head.length = head.length.add(h.value),
+            other if !keep_all && crate::forwarding::hop_by_hop_index(other).is_some() => continue,
             _ => {}
         }
         let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value))
@@ -728,16 +728,17 @@ pub(crate) struct Failed {
 }
 
 impl Exchange {
-    /// Writes `req` with gatehouse's headers `extra` on `conn` and waits for
-    /// the response head.
+    /// Writes `req` with gatehouse's headers `extra` and `Host: host` on `conn`
+    /// and waits for the response head.
     pub(crate) async fn start(
         mut conn: Conn,
         req: Request<RequestBody>,
         extra: &ProxyHeaders,
+        host: &HeaderValue,
     ) -> Result<(http::response::Parts, Box<Exchange>), Failed> {
         let (parts, body) = req.into_parts();
         let mut head = std::mem::take(&mut conn.head);
-        let chunked = encode_head(&mut head, &parts, extra, &body);
+        let chunked = encode_head(&mut head, &parts, (extra, host), &body);
         let has_body = !body.is_end_stream();
         // Boxed once here: the exchange then travels inside the response body
         // by pointer instead of being copied through every layer.
@@ -840,7 +841,12 @@ impl Exchange {
 /// Writes the request head: the client's headers but those gatehouse sets,
 /// then gatehouse's. Returns whether the body is sent chunked: a body of
 /// unknown length without a `Content-Length` from the client.
-fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, extra: &ProxyHeaders, body: &RequestBody) -> bool {
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    (extra, host): (&ProxyHeaders, &HeaderValue),
+    body: &RequestBody,
+) -> bool {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -856,7 +862,7 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, extra: &ProxyHea
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    extra.write(out);
+    extra.write(host, out);
     let mut chunked = false;
     if !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH) {
         match body.size_hint().exact() {

@@ -658,7 +658,7 @@ impl Worker {
         route.site.policy.request_headers.apply(&mut parts.headers);
         route.policy.request_headers.apply(&mut parts.headers);
         // Host is set for each attempt; these go into the head, not the map.
-        let mut proxy_headers = ProxyHeaders::new(&parts.headers, &conn.peer, conn.proto, host, ctx.request_id.clone());
+        let proxy_headers = ProxyHeaders::new(&parts.headers, &conn.peer, conn.proto, host, ctx.request_id.clone());
         parts.version = Version::HTTP_11;
 
         // What the balancer keys on.
@@ -758,7 +758,7 @@ impl Worker {
             };
             let health = &self.shared.health[action.upstream][choice.index];
             ctx.upstream = Some(target.pool.target.id.clone());
-            proxy_headers.host = match (action.preserve_host, host) {
+            let host_header = match (action.preserve_host, host) {
                 (true, Some(h)) => h.clone(),
                 _ => target.host_header.clone(),
             };
@@ -773,7 +773,7 @@ impl Worker {
             // being moved through the timeout and this future's own state.
             let sent = tokio::time::timeout(
                 pool.response_timeout,
-                Box::pin(target.pool.send(upstream_req, &proxy_headers)),
+                Box::pin(target.pool.send(upstream_req, &proxy_headers, &host_header)),
             )
             .await;
             ctx.upstream_duration = Some(start.elapsed());

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gatehouse_config::{Target, Upstream};
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 
 use crate::body::RequestBody;
 use crate::forwarding::ProxyHeaders;
@@ -126,7 +126,7 @@ impl TargetPool {
         }
     }
 
-    /// Sends `req`, with gatehouse's own headers `extra`, on a pooled or new
+    /// Sends `req`, with gatehouse's own headers `extra` and `Host: host`, on a pooled or new
     /// connection and waits for the response head.
     ///
     /// A pooled connection that fails before any answer (the upstream closed it
@@ -138,10 +138,11 @@ impl TargetPool {
         self: &Arc<Self>,
         req: Request<RequestBody>,
         extra: &ProxyHeaders,
+        host: &HeaderValue,
     ) -> Result<Response<UpstreamBody>, (SendError, Option<Request<RequestBody>>)> {
         let mut req = req;
         if let Some(conn) = self.take_idle() {
-            match Exchange::start(conn, req, extra).await {
+            match Exchange::start(conn, req, extra, host).await {
                 Ok((parts, exchange)) => return Ok(self.response(parts, exchange)),
                 Err(Failed {
                     error,
@@ -159,7 +160,7 @@ impl TargetPool {
             Ok(c) => c,
             Err(e) => return Err((e, Some(req))),
         };
-        match Exchange::start(conn, req, extra).await {
+        match Exchange::start(conn, req, extra, host).await {
             Ok((parts, exchange)) => Ok(self.response(parts, exchange)),
             Err(Failed { error, unsent }) => Err((self.exchange_error(error), unsent)),
         }

@@ -485,3 +485,40 @@ async fn bytes_after_a_101_reach_the_client_through_the_tunnel() {
     assert!(got.starts_with("HTTP/1.1 101 "), "{got}");
     assert!(got.to_ascii_lowercase().contains("\r\nupgrade: x-test\r\n"), "{got}");
 }
+
+#[tokio::test]
+async fn expect_continue_reaches_the_upstream_and_the_body_follows() {
+    // The upstream asks for the body with its own 100, then answers.
+    let up = Scripted::start(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        After::Drain,
+    )
+    .await;
+    let gh = up.gatehouse();
+    let mut s = tokio::net::TcpStream::connect(gh.addr).await.unwrap();
+    s.write_all(b"POST /e HTTP/1.1\r\nhost: app.test\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let mut read_until = async |s: &mut tokio::net::TcpStream, got: &mut Vec<u8>, end: &[u8]| {
+        while !got.windows(end.len()).any(|w| w == end) {
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+                .await
+                .expect("an answer in time")
+                .unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+    };
+    // gatehouse asks the client for the body (it reads it at once)...
+    read_until(&mut s, &mut got, b"100 Continue\r\n\r\n").await;
+    s.write_all(b"hello").await.unwrap();
+    // ...and relays only the upstream's final answer.
+    read_until(&mut s, &mut got, b"\r\n\r\nok").await;
+    let got = String::from_utf8_lossy(&got);
+    assert_eq!(got.matches("100 Continue").count(), 1, "{got}");
+    assert!(got.contains("HTTP/1.1 200 OK\r\n"), "{got}");
+    let heads = up.heads.lock().unwrap().clone();
+    assert!(heads[0].contains("\r\nexpect: 100-continue\r\n"), "{heads:?}");
+}
