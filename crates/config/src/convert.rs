@@ -31,6 +31,10 @@ pub(crate) mod defaults {
     pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// nginx's `proxy_read_timeout` default; slow reports and exports fit.
     pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Long enough for event streams with a heartbeat every few minutes at
+    /// most, short enough that an upstream gone silent mid-body (a partition,
+    /// no reset) does not hold its client for ever.
+    pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(300);
     /// Below the 2–5 minute idle timeouts typical of app servers' keep-alive, so
     /// gatehouse closes first and never writes into a connection being closed.
     /// (gunicorn's default keep-alive is 2 s; pools re-open cheaply.)
@@ -1052,6 +1056,11 @@ fn convert_upstream(name: String, up: Spanned<file::UpstreamFile>, key: &str) ->
             u.response_timeout.as_ref(),
             &format!("{key}.response_timeout"),
             defaults::RESPONSE_TIMEOUT,
+        )?,
+        read_timeout: opt_duration(
+            u.read_timeout.as_ref(),
+            &format!("{key}.read_timeout"),
+            defaults::READ_TIMEOUT,
         )?,
         idle_timeout: opt_duration(
             u.idle_timeout.as_ref(),

@@ -522,6 +522,8 @@ pub struct UpstreamFile {
     pub connect_timeout: Option<Spanned<String>>,
     /// Time from sending the request to receiving the response headers. Default `60s`.
     pub response_timeout: Option<Spanned<String>>,
+    /// Longest pause between two reads of a response body. Default `5m`.
+    pub read_timeout: Option<Spanned<String>>,
     /// How long an idle keep-alive connection stays in the pool. Default `90s`.
     pub idle_timeout: Option<Spanned<String>>,
     /// Idle keep-alive connections kept per target and worker. Default 64.

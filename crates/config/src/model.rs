@@ -543,6 +543,8 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Time allowed until response headers arrive.
     pub response_timeout: Duration,
+    /// Longest pause between two reads of a response body.
+    pub read_timeout: Duration,
     /// Idle keep-alive connection lifetime.
     pub idle_timeout: Duration,
     /// Idle connections kept per target per worker.

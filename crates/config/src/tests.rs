@@ -184,6 +184,16 @@ fn bad_target_is_rejected() {
 }
 
 #[test]
+fn read_timeout_defaults_and_parses() {
+    let c = ok("[upstream.api]\ntargets = [\"127.0.0.1:8000\"]\n");
+    assert_eq!(c.upstreams[0].read_timeout, std::time::Duration::from_secs(300));
+    let c = ok("[upstream.api]\ntargets = [\"127.0.0.1:8000\"]\nread_timeout = \"5m\"\n");
+    assert_eq!(c.upstreams[0].read_timeout, std::time::Duration::from_secs(300));
+    let text = "[upstream.api]\ntargets = [\"127.0.0.1:8000\"]\nread_timeout = \"0s\"\n";
+    fails(text, 3, 16, "upstream.api.read_timeout", "greater than zero");
+}
+
+#[test]
 fn unix_socket_targets() {
     let c = ok("[upstream.api]\ntargets = [\"unix:/run/app.sock\", { addr = \"127.0.0.1:8000\", weight = 2 }]\n");
     let t = &c.upstreams[0].targets;

@@ -23,6 +23,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header};
@@ -71,6 +72,9 @@ pub(crate) enum ExchangeError {
     /// The upstream closed the connection before the end of the body.
     #[error("connection closed before the end of the response body")]
     Truncated,
+    /// The upstream sent nothing of the body for longer than `read_timeout`.
+    #[error("no response body bytes for {0:?}")]
+    ReadTimeout(std::time::Duration),
     /// The client's request body failed (too large, too slow, or its connection).
     #[error("request body: {0}")]
     RequestBody(#[source] RequestBodyError),
@@ -895,13 +899,19 @@ fn response_parts(head: ParsedHead) -> http::response::Parts {
 pub(crate) struct UpstreamBody {
     exchange: Option<Box<Exchange>>,
     pool: Arc<TargetPool>,
+    read_timeout: Duration,
+    /// Armed the first time the body has to wait for the upstream, then
+    /// pushed back whenever bytes arrive.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(exchange: Box<Exchange>, pool: Arc<TargetPool>) -> Self {
+    pub(crate) fn new(exchange: Box<Exchange>, pool: Arc<TargetPool>, read_timeout: Duration) -> Self {
         let mut body = Self {
             exchange: Some(exchange),
             pool,
+            read_timeout,
+            timer: None,
         };
         if body.is_end_stream() && !body.exchange.as_ref().is_some_and(|x| x.switching) {
             // Nothing to read (HEAD, 204, 304, an empty body): reusable now.
@@ -942,7 +952,29 @@ impl Body for UpstreamBody {
             this.exchange = None;
             return Poll::Ready(Some(Err(e)));
         }
-        match ready!(x.poll_data(cx)) {
+        let polled = x.poll_data(cx);
+        let waited = this.timer.is_some();
+        let Poll::Ready(polled) = polled else {
+            let deadline = tokio::time::Instant::now() + this.read_timeout;
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if timer.as_mut().poll(cx).is_ready() {
+                tracing::warn!(
+                    upstream = %this.pool.target.id, timeout = ?this.read_timeout,
+                    "Upstream sent no response body bytes in time; the response is cut off."
+                );
+                this.exchange = None;
+                return Poll::Ready(Some(Err(ExchangeError::ReadTimeout(this.read_timeout))));
+            }
+            return Poll::Pending;
+        };
+        if waited {
+            if let Some(timer) = this.timer.as_mut() {
+                timer.as_mut().reset(tokio::time::Instant::now() + this.read_timeout);
+            }
+        }
+        match polled {
             Some(Ok(data)) => {
                 if x.framing == Framing::Done {
                     this.finish();

@@ -48,6 +48,8 @@ pub(crate) struct TargetPool {
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
+    /// Longest pause between two reads of a response body.
+    read_timeout: Duration,
 }
 
 struct IdleConn {
@@ -63,6 +65,7 @@ impl TargetPool {
             max_idle: upstream.keepalive,
             idle_timeout: upstream.idle_timeout,
             connect_timeout: upstream.connect_timeout,
+            read_timeout: upstream.read_timeout,
         })
     }
 
@@ -78,6 +81,7 @@ impl TargetPool {
             && self.max_idle == upstream.keepalive
             && self.idle_timeout == upstream.idle_timeout
             && self.connect_timeout == upstream.connect_timeout
+            && self.read_timeout == upstream.read_timeout
     }
 
     /// Takes back a connection whose exchange ended cleanly, and closes idle
@@ -167,7 +171,7 @@ impl TargetPool {
     }
 
     fn response(self: &Arc<Self>, parts: http::response::Parts, exchange: Box<Exchange>) -> Response<UpstreamBody> {
-        Response::from_parts(parts, UpstreamBody::new(exchange, self.clone()))
+        Response::from_parts(parts, UpstreamBody::new(exchange, self.clone(), self.read_timeout))
     }
 
     fn exchange_error(&self, source: ExchangeError) -> SendError {

@@ -522,3 +522,28 @@ async fn expect_continue_reaches_the_upstream_and_the_body_follows() {
     let heads = up.heads.lock().unwrap().clone();
     assert!(heads[0].contains("\r\nexpect: 100-continue\r\n"), "{heads:?}");
 }
+
+#[tokio::test]
+async fn an_upstream_silent_mid_body_is_cut_off_after_read_timeout() {
+    // Promises ten bytes, sends five, then neither sends nor closes.
+    let up = Scripted::start(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", After::KeepOpen).await;
+    let gh = up.gatehouse_with(r#"read_timeout = "300ms""#);
+    let started = std::time::Instant::now();
+    let req = Request::get(gh.url("/")).body(body(Bytes::new())).unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), async {
+        let resp = client::http1().request(req).await?;
+        assert_eq!(resp.status(), 200);
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map(|_| ())
+            .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+    })
+    .await
+    .expect("the stalled body ends instead of hanging");
+    assert!(outcome.is_err(), "a cut-off body must not look complete");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+}
