@@ -333,11 +333,14 @@ pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Excha
     let bytes = std::mem::take(buf).freeze();
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, &bytes, &mut slots);
+    // Only the first MAX_HEAD bytes can hold a head: what lies beyond never
+    // changes the outcome, however the bytes arrived.
+    let window = &bytes[..bytes.len().min(MAX_HEAD)];
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, window, &mut slots);
     let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => {
-            let too_large = bytes.len() > MAX_HEAD;
+            let too_large = bytes.len() >= MAX_HEAD;
             *buf = BytesMut::from(bytes);
             return if too_large {
                 Err(ExchangeError::HeadTooLarge)
@@ -347,9 +350,6 @@ pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Excha
         }
         Err(e) => return Err(e.into()),
     };
-    if len > MAX_HEAD {
-        return Err(ExchangeError::HeadTooLarge);
-    }
     let status = resp
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
@@ -470,11 +470,29 @@ fn write_hex(out: &mut Vec<u8>, mut n: u64) {
 /// Takes the final response head from the front of `buf`, skipping interim
 /// answers (`100 Continue`, `103 Early Hints`; a `101` is final). `Ok(None)`
 /// when more bytes are needed.
-fn take_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ExchangeError> {
+///
+/// `scanned` is how much of `buf` an earlier call saw without finding a whole
+/// head (0 when none did). The parser starts over each time, so after a first
+/// partial head it runs again only once a blank line has arrived: a head
+/// trickling in a byte at a time costs linear, not quadratic, work.
+fn take_head(buf: &mut BytesMut, scanned: &mut usize) -> Result<Option<ParsedHead>, ExchangeError> {
     while !buf.is_empty() {
+        if *scanned > 0 {
+            let new = &buf[scanned.saturating_sub(3)..];
+            let blank_line = new.windows(2).any(|w| w == b"\n\n") || new.windows(3).any(|w| w == b"\n\r\n");
+            if !blank_line {
+                *scanned = buf.len();
+                if buf.len() >= MAX_HEAD {
+                    return Err(ExchangeError::HeadTooLarge);
+                }
+                return Ok(None);
+            }
+        }
         let Some(head) = parse_head(buf)? else {
+            *scanned = buf.len();
             return Ok(None);
         };
+        *scanned = 0;
         if !head.status.is_informational() || head.status == StatusCode::SWITCHING_PROTOCOLS {
             return Ok(Some(head));
         }
@@ -558,8 +576,9 @@ fn end_of_stream(framing: &mut Framing) -> Result<(), ExchangeError> {
 pub(crate) fn read_response(data: &[u8], step: usize) -> Result<(StatusCode, Vec<u8>), ExchangeError> {
     let mut input = data.chunks(step.max(1));
     let mut buf = BytesMut::new();
+    let mut scanned = 0;
     let mut head = loop {
-        if let Some(head) = take_head(&mut buf)? {
+        if let Some(head) = take_head(&mut buf, &mut scanned)? {
             break head;
         }
         match input.next() {
@@ -721,6 +740,8 @@ pub(crate) struct Exchange {
     answered: bool,
     /// The upstream answered `101 Switching Protocols`.
     switching: bool,
+    /// How much of a partial response head was already looked at.
+    scanned: usize,
 }
 
 /// An exchange that failed; `unsent` is the request back when it may be sent
@@ -769,6 +790,7 @@ impl Exchange {
             rest: Bytes::new(),
             answered: false,
             switching: false,
+            scanned: 0,
         });
         match std::future::poll_fn(|cx| x.poll_head(cx)).await {
             Ok(head) => Ok((response_parts(head), x)),
@@ -789,7 +811,7 @@ impl Exchange {
     fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<ParsedHead, ExchangeError>> {
         loop {
             self.send.progress(&mut self.conn.io, cx)?;
-            if let Some(mut head) = take_head(&mut self.conn.buf)? {
+            if let Some(mut head) = take_head(&mut self.conn.buf, &mut self.scanned)? {
                 let (framing, keep_alive) = framing(&self.method, &mut head)?;
                 self.framing = framing;
                 self.switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
