@@ -21,6 +21,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::h1::UpstreamBody;
+use crate::idle::OpenRequest;
 
 /// Limits on how a client sends a request body (`[limits]` and the route's
 /// `max_body_size`).
@@ -247,6 +248,8 @@ pin_project! {
         log: Option<Box<PendingLog>>,
         // Concurrency-limit slots, held until the body ends or is dropped.
         guards: Vec<ConcurrencyGuard>,
+        // The request counts as open on an HTTP/2 connection until then.
+        open: Option<OpenRequest>,
     }
 }
 
@@ -259,6 +262,7 @@ impl ResponseBody {
             kind: Kind::Upstream { body, in_flight },
             log: None,
             guards: Vec::new(),
+            open: None,
         }
     }
 
@@ -270,6 +274,7 @@ impl ResponseBody {
             },
             log: None,
             guards: Vec::new(),
+            open: None,
         }
     }
 
@@ -278,6 +283,7 @@ impl ResponseBody {
             kind: Kind::File { body },
             log: None,
             guards: Vec::new(),
+            open: None,
         }
     }
 
@@ -286,6 +292,7 @@ impl ResponseBody {
             kind: Kind::Full { data: None },
             log: None,
             guards: Vec::new(),
+            open: None,
         }
     }
 
@@ -296,6 +303,11 @@ impl ResponseBody {
     /// Holds concurrency-limit slots until the body ends.
     pub(crate) fn hold(&mut self, guards: Vec<ConcurrencyGuard>) {
         self.guards = guards;
+    }
+
+    /// Keeps the request open on its connection until the body ends.
+    pub(crate) fn hold_open(&mut self, open: OpenRequest) {
+        self.open = Some(open);
     }
 }
 

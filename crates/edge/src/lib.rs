@@ -18,6 +18,7 @@ mod generation;
 mod h1;
 mod handler;
 mod healthcheck;
+mod idle;
 mod path;
 mod policies;
 mod pool;

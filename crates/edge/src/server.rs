@@ -29,6 +29,7 @@ use crate::EdgeError;
 use crate::forwarding::PeerInfo;
 use crate::generation::{Checker, Generation};
 use crate::handler::{ConnCtx, Shared, Worker};
+use crate::idle::Activity;
 use crate::policies::ConnSlot;
 use crate::tls::{TlsRuntime, WorkerTls};
 use crate::zerocopy::ZeroCopyStream;
@@ -576,13 +577,15 @@ async fn accept_loop(
             let _slot = slot;
             let sendfile = Sendfile::new();
             let conn = ConnCache::new(peer.ip(), Some(sendfile.clone()));
-            let ready = tokio::select! {
-                ready = first_bytes(&stream, header_timeout) => ready,
-                _ = stopping.wait_for(|stop| *stop) => false,
+            let first = tokio::select! {
+                first = first_bytes(&stream, header_timeout) => first,
+                _ = stopping.wait_for(|stop| *stop) => None,
             };
-            if !ready {
+            let Some(http2) = first else {
                 return;
-            }
+            };
+            let activity = http2.then(|| Arc::new(Activity::default()));
+            let service_activity = activity.clone();
             // A second handle on the socket, to answer 408 after hyper gave up
             // on a request head.
             let alarm = socket2::SockRef::from(&stream).try_clone().ok();
@@ -592,13 +595,25 @@ async fn accept_loop(
                 // keeps it until its response body ends.
                 let worker = current.load_full();
                 let conn = service_conn.get(&worker);
-                async move { Ok::<_, Infallible>(worker.handle(&conn, req).await) }
+                let open = service_activity.as_ref().map(Activity::begin);
+                async move {
+                    let mut resp = worker.handle(&conn, req).await;
+                    if let Some(open) = open {
+                        resp.body_mut().hold_open(open);
+                    }
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let io = ZeroCopyStream::new(stream, sendfile);
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(io), service)
                 .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
+            let Some(served) = crate::idle::serve_until_idle(watcher.watch(connection), activity, header_timeout).await
+            else {
+                tracing::debug!(%peer, "Idle HTTP/2 connection closed.");
+                return;
+            };
+            if let Err(e) = served {
                 let timed_out = e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
                 if timed_out && conn.requests() == 0 {
                     if let Some(alarm) = alarm {
@@ -625,26 +640,29 @@ async fn accept_loop(
 }
 
 /// Waits until the client has sent enough to tell HTTP/1 from HTTP/2, at most
-/// `timeout`; `false` when it sent nothing in time or closed. (Version
-/// detection has no timeout of its own, and hyper's head timeout starts only
-/// after it.)
-async fn first_bytes(stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
+/// `timeout`: `Some(true)` for HTTP/2 (its preface), `Some(false)` for HTTP/1,
+/// `None` when it sent nothing in time or closed. (Version detection has no
+/// timeout of its own, and hyper's head timeout starts only after it.)
+async fn first_bytes(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<bool> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = [0u8; 24];
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(n)) => n,
-            _ => return false,
+            _ => return None,
         };
         if n == 0 {
-            return false;
+            return None;
         }
-        if n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] {
-            return true;
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n >= H2_PREFACE.len() {
+            return Some(true);
         }
         // Part of an HTTP/2 preface: the rest is on its way.
         if tokio::time::Instant::now() >= deadline {
-            return false;
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -36,6 +36,7 @@ use crate::EdgeError;
 use crate::body::ResponseBody;
 use crate::forwarding::PeerInfo;
 use crate::handler::{ConnCtx, Worker, local_error};
+use crate::idle::Activity;
 use crate::router::Router;
 
 /// What the edge needs to serve HTTPS: the rustls config (with the certificate
@@ -172,7 +173,8 @@ pub(crate) async fn serve_connection(
         // A TLS-ALPN-01 validation: the handshake was the whole exchange.
         return;
     }
-    let builder = if alpn == Some(b"h2") {
+    let http2 = alpn == Some(b"h2");
+    let builder = if http2 {
         (*builder).clone().http2_only()
     } else {
         (*builder).clone().http1_only()
@@ -210,14 +212,26 @@ pub(crate) async fn serve_connection(
         return;
     }
     let conn = Arc::new(ConnCtx::new(peer_info, "https").with_sni(sni));
+    let activity = http2.then(|| Arc::new(Activity::default()));
+    let service_activity = activity.clone();
     let service = service_fn(move |req| {
         let worker = current.load_full();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(worker.handle(&conn, req).await) }
+        let open = service_activity.as_ref().map(Activity::begin);
+        async move {
+            let mut resp = worker.handle(&conn, req).await;
+            if let Some(open) = open {
+                resp.body_mut().hold_open(open);
+            }
+            Ok::<_, Infallible>(resp)
+        }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    if let Err(e) = watcher.watch(connection.into_owned()).await {
-        tracing::debug!(%peer, error = %e, "Client connection ended with an error.");
+    let served = watcher.watch(connection.into_owned());
+    match crate::idle::serve_until_idle(served, activity, header_timeout).await {
+        Some(Err(e)) => tracing::debug!(%peer, error = %e, "Client connection ended with an error."),
+        Some(Ok(())) => {}
+        None => tracing::debug!(%peer, "Idle HTTP/2 connection closed."),
     }
 }
 

@@ -476,3 +476,54 @@ async fn upstream_closing_after_each_response_is_handled() {
     }
     assert_eq!(up.connections(), 10);
 }
+
+#[tokio::test]
+async fn idle_http2_connections_are_closed_and_busy_ones_kept() {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let up = Upstream::start(Behavior::Delay(Duration::from_secs(1))).await;
+    let gh = Gatehouse::start(&format!(
+        r#"
+[limits]
+header_timeout = "300ms"
+
+[upstream.app]
+targets = ["{}"]
+response_timeout = "5s"
+
+[[site]]
+hosts = ["app.test"]
+  [[site.route]]
+  path = "/"
+  upstream = "app"
+"#,
+        up.addr
+    ));
+    let stream = tokio::net::TcpStream::connect(gh.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    // A request open for longer than several idle periods keeps the connection.
+    let req = Request::get("http://app.test/slow")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&text[..], b"slow");
+    // Idle afterwards: the server closes it within two periods.
+    let idle_since = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(3), conn)
+        .await
+        .expect("the idle HTTP/2 connection is closed")
+        .unwrap()
+        .ok();
+    assert!(
+        idle_since.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        idle_since.elapsed()
+    );
+}
