@@ -36,6 +36,7 @@ use gatehouse_policy::{ConcurrencyGuard, Decision};
 use crate::body::{BodyFault, BodyRules, InFlight, PendingLog, RequestBody, RequestBodyError, ResponseBody};
 use crate::forwarding::{self, PeerInfo, ProxyHeaders, X_REQUEST_ID};
 use crate::h1::ExchangeError;
+use crate::idle::Activity;
 use crate::path::{self, PathError};
 use crate::policies::{self, PolicySet};
 use crate::pool::{SendError, TargetPool};
@@ -174,6 +175,9 @@ pub(crate) struct ConnCtx {
     /// Plain-HTTP connections: the queue through which static responses send
     /// file ranges with `sendfile(2)` (HTTP/1 only).
     pub(crate) sendfile: Option<gatehouse_files::Sendfile>,
+    /// HTTP/2 connections: their open requests, so an idle one can be closed
+    /// (`idle.rs`).
+    pub(crate) activity: Option<Arc<Activity>>,
 }
 
 impl ConnCtx {
@@ -184,6 +188,7 @@ impl ConnCtx {
             requests: AtomicU32::new(0),
             sni: None,
             sendfile: None,
+            activity: None,
         }
     }
 
@@ -290,6 +295,8 @@ impl Worker {
     /// Handles one request from a client connection. Never fails: every problem
     /// becomes a response.
     pub(crate) async fn handle(&self, conn: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody> {
+        // Open on its HTTP/2 connection until the response body ends.
+        let open = conn.activity.as_ref().map(Activity::begin);
         let start = Instant::now();
         let time = SystemTime::now();
         let trusted = &self.shared.config.server.trusted_proxies;
@@ -375,6 +382,9 @@ impl Worker {
                 start,
                 bytes_in: ctx.bytes_in,
             }));
+        }
+        if let Some(open) = open {
+            resp.body_mut().hold_open(open);
         }
         resp
     }

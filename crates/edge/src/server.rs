@@ -575,8 +575,6 @@ async fn accept_loop(
         }
         tokio::spawn(async move {
             let _slot = slot;
-            let sendfile = Sendfile::new();
-            let conn = ConnCache::new(peer.ip(), Some(sendfile.clone()));
             let first = tokio::select! {
                 first = first_bytes(&stream, header_timeout) => first,
                 _ = stopping.wait_for(|stop| *stop) => None,
@@ -585,7 +583,8 @@ async fn accept_loop(
                 return;
             };
             let activity = http2.then(|| Arc::new(Activity::default()));
-            let service_activity = activity.clone();
+            let sendfile = Sendfile::new();
+            let conn = ConnCache::new(peer.ip(), Some(sendfile.clone()), activity.clone());
             // A second handle on the socket, to answer 408 after hyper gave up
             // on a request head.
             let alarm = socket2::SockRef::from(&stream).try_clone().ok();
@@ -595,14 +594,7 @@ async fn accept_loop(
                 // keeps it until its response body ends.
                 let worker = current.load_full();
                 let conn = service_conn.get(&worker);
-                let open = service_activity.as_ref().map(Activity::begin);
-                async move {
-                    let mut resp = worker.handle(&conn, req).await;
-                    if let Some(open) = open {
-                        resp.body_mut().hold_open(open);
-                    }
-                    Ok::<_, Infallible>(resp)
-                }
+                async move { Ok::<_, Infallible>(worker.handle(&conn, req).await) }
             });
             let io = ZeroCopyStream::new(stream, sendfile);
             let connection = builder
@@ -674,16 +666,19 @@ struct ConnCache {
     ip: std::net::IpAddr,
     /// The connection's queue of zero-copy file regions (see [`ZeroCopyStream`]).
     sendfile: Option<Sendfile>,
+    /// HTTP/2 only: the connection's open requests, which outlive any config.
+    activity: Option<Arc<Activity>>,
     /// The config the context was built for (held, so the comparison by
     /// address is sound), and the context.
     ctx: Mutex<Option<(Arc<Config>, Arc<ConnCtx>)>>,
 }
 
 impl ConnCache {
-    fn new(ip: std::net::IpAddr, sendfile: Option<Sendfile>) -> Arc<Self> {
+    fn new(ip: std::net::IpAddr, sendfile: Option<Sendfile>, activity: Option<Arc<Activity>>) -> Arc<Self> {
         Arc::new(Self {
             ip,
             sendfile,
+            activity,
             ctx: Mutex::new(None),
         })
     }
@@ -706,6 +701,7 @@ impl ConnCache {
             _ => {
                 let mut ctx = ConnCtx::new(PeerInfo::new(self.ip, &config.server.trusted_proxies), "http");
                 ctx.sendfile.clone_from(&self.sendfile);
+                ctx.activity.clone_from(&self.activity);
                 // The count of requests belongs to the connection, not to a config.
                 if let Some((_, old)) = &*cached {
                     ctx.requests

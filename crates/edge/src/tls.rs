@@ -211,20 +211,14 @@ pub(crate) async fn serve_connection(
     if !first {
         return;
     }
-    let conn = Arc::new(ConnCtx::new(peer_info, "https").with_sni(sni));
     let activity = http2.then(|| Arc::new(Activity::default()));
-    let service_activity = activity.clone();
+    let mut ctx = ConnCtx::new(peer_info, "https").with_sni(sni);
+    ctx.activity.clone_from(&activity);
+    let conn = Arc::new(ctx);
     let service = service_fn(move |req| {
         let worker = current.load_full();
         let conn = conn.clone();
-        let open = service_activity.as_ref().map(Activity::begin);
-        async move {
-            let mut resp = worker.handle(&conn, req).await;
-            if let Some(open) = open {
-                resp.body_mut().hold_open(open);
-            }
-            Ok::<_, Infallible>(resp)
-        }
+        async move { Ok::<_, Infallible>(worker.handle(&conn, req).await) }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     let served = watcher.watch(connection.into_owned());
