@@ -134,6 +134,36 @@ async fn serve(
     }
 }
 
+/// Reads from `s` into `got` until `got` contains `end`; panics if the peer
+/// closes first or nothing arrives for 5 s.
+async fn read_until(s: &mut tokio::net::TcpStream, got: &mut Vec<u8>, end: &[u8]) {
+    let mut chunk = [0u8; 1024];
+    while !got.windows(end.len()).any(|w| w == end) {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// GETs `/` through `gh` and reads the whole answer: `Err` when the exchange
+/// or the body failed. Panics if it takes more than 5 s (a hang).
+async fn get_to_the_end(gh: &Gatehouse) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let req = Request::get(gh.url("/")).body(body(Bytes::new())).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let resp = client::http1().request(req).await?;
+        assert_eq!(resp.status(), 200);
+        http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map(|_| ())
+            .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+    })
+    .await
+    .expect("the body ends instead of hanging")
+}
+
 #[tokio::test]
 async fn chunked_answers_are_relayed_and_their_connection_reused() {
     let up = Scripted::start(
@@ -194,20 +224,12 @@ async fn a_broken_chunked_body_is_a_visible_truncation() {
     )
     .await;
     let gh = up.gatehouse();
-    let req = Request::get(gh.url("/")).body(body(Bytes::new())).unwrap();
     // Depending on how far the answer got, the client sees a failed exchange
     // or a body that ends in an error, never a short success.
-    let outcome = tokio::time::timeout(Duration::from_secs(5), async {
-        let resp = client::http1().request(req).await?;
-        assert_eq!(resp.status(), 200);
-        http_body_util::BodyExt::collect(resp.into_body())
-            .await
-            .map(|_| ())
-            .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
-    })
-    .await
-    .expect("the broken body ends instead of hanging");
-    assert!(outcome.is_err(), "a broken body must not look complete");
+    assert!(
+        get_to_the_end(&gh).await.is_err(),
+        "a broken body must not look complete"
+    );
 }
 
 #[tokio::test]
@@ -472,15 +494,8 @@ async fn bytes_after_a_101_reach_the_client_through_the_tunnel() {
         .await
         .unwrap();
     let mut got = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !got.ends_with(b"first bytes") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-            .await
-            .expect("the tunnel delivers the upstream's first bytes")
-            .unwrap();
-        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
-        got.extend_from_slice(&chunk[..n]);
-    }
+    // The tunnel delivers the upstream's first bytes.
+    read_until(&mut s, &mut got, b"first bytes").await;
     let got = String::from_utf8_lossy(&got);
     assert!(got.starts_with("HTTP/1.1 101 "), "{got}");
     assert!(got.to_ascii_lowercase().contains("\r\nupgrade: x-test\r\n"), "{got}");
@@ -500,17 +515,6 @@ async fn expect_continue_reaches_the_upstream_and_the_body_follows() {
         .await
         .unwrap();
     let mut got = Vec::new();
-    let mut chunk = [0u8; 1024];
-    let mut read_until = async |s: &mut tokio::net::TcpStream, got: &mut Vec<u8>, end: &[u8]| {
-        while !got.windows(end.len()).any(|w| w == end) {
-            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-                .await
-                .expect("an answer in time")
-                .unwrap();
-            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(got));
-            got.extend_from_slice(&chunk[..n]);
-        }
-    };
     // gatehouse asks the client for the body (it reads it at once)...
     read_until(&mut s, &mut got, b"100 Continue\r\n\r\n").await;
     s.write_all(b"hello").await.unwrap();
@@ -529,18 +533,10 @@ async fn an_upstream_silent_mid_body_is_cut_off_after_read_timeout() {
     let up = Scripted::start(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", After::KeepOpen).await;
     let gh = up.gatehouse_with(r#"read_timeout = "300ms""#);
     let started = std::time::Instant::now();
-    let req = Request::get(gh.url("/")).body(body(Bytes::new())).unwrap();
-    let outcome = tokio::time::timeout(Duration::from_secs(5), async {
-        let resp = client::http1().request(req).await?;
-        assert_eq!(resp.status(), 200);
-        http_body_util::BodyExt::collect(resp.into_body())
-            .await
-            .map(|_| ())
-            .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
-    })
-    .await
-    .expect("the stalled body ends instead of hanging");
-    assert!(outcome.is_err(), "a cut-off body must not look complete");
+    assert!(
+        get_to_the_end(&gh).await.is_err(),
+        "a cut-off body must not look complete"
+    );
     assert!(
         started.elapsed() >= Duration::from_millis(300),
         "{:?}",
