@@ -37,7 +37,6 @@ KEEP="${KEEP:-0}"
 trap cleanup EXIT INT TERM
 
 mkdir -p "$TMP/up" "$TMP/ng" "$TMP/data"
-temp_paths() { for d in client_body proxy fastcgi uwsgi scgi; do printf '    %s_temp_path %s/%s;\n' "$d" "$1" "$d"; done; }
 cat >"$TMP/up/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
@@ -47,7 +46,7 @@ events { worker_connections 1024; }
 http {
     access_log off;
     keepalive_requests 1000000;
-$(temp_paths "$TMP/up")
+$(nginx_temp_paths "$TMP/up")
     server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 "hello world\n"; } }
 }
 EOF
@@ -61,7 +60,7 @@ events { worker_connections 1024; }
 http {
     access_log $TMP/access.log combined;
     keepalive_requests 1000000;
-$(temp_paths "$TMP/ng")
+$(nginx_temp_paths "$TMP/ng")
     upstream backend { server 127.0.0.1:$UPSTREAM_PORT; keepalive 64; keepalive_requests 1000000; }
     server {
         listen 127.0.0.1:$PROXY_PORT;

@@ -10,6 +10,12 @@ usage() {
 
 log() { echo "==> $*" >&2; }
 
+# nginx_temp_paths DIR: the *_temp_path lines of an nginx http block, under DIR.
+nginx_temp_paths() {
+    local d
+    for d in client_body proxy fastcgi uwsgi scgi; do printf '    %s_temp_path %s/%s;\n' "$d" "$1" "$d"; done
+}
+
 int_in_range() { # name value min max
     if ! [[ "$2" =~ ^[0-9]+$ ]] || (($2 < $3 || $2 > $4)); then
         die "--$1 must be an integer in $3..$4, got '$2'"

@@ -193,11 +193,7 @@ events { worker_connections $WORKER_CONNECTIONS; }
 http {
     access_log off;
     keepalive_requests 1000000;
-    client_body_temp_path $TMP/nginx-upstream/body;
-    proxy_temp_path $TMP/nginx-upstream/proxy;
-    fastcgi_temp_path $TMP/nginx-upstream/fastcgi;
-    uwsgi_temp_path $TMP/nginx-upstream/uwsgi;
-    scgi_temp_path $TMP/nginx-upstream/scgi;
+$(nginx_temp_paths "$TMP/nginx-upstream")
 $(for ((t = 0; t < TARGETS; t++)); do
     printf '    server {\n        listen 127.0.0.1:%d;\n        location / { return 200 "hello world\\n"; }\n    }\n' $((UPSTREAM_PORT + 10 + t))
 done)
@@ -224,11 +220,7 @@ events { worker_connections $WORKER_CONNECTIONS; }
 http {
     access_log $TMP/nginx-access.log combined;
     keepalive_requests 1000000;
-    client_body_temp_path $TMP/nginx/body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
+$(nginx_temp_paths "$TMP/nginx")
     upstream backend {
 $(for p in "${TARGET_PORTS[@]}"; do echo "        server 127.0.0.1:$p;"; done)
         keepalive 64;

@@ -215,11 +215,7 @@ http {
     default_type application/octet-stream;
     access_log $TMP/nginx-access.log combined;
     keepalive_requests 1000000;
-    client_body_temp_path $TMP/nginx/body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
+$(nginx_temp_paths "$TMP/nginx")
     server {
         listen 127.0.0.1:${PORT[nginx]};
         root $DOCROOT;
