@@ -115,13 +115,14 @@ pub(crate) fn summary(c: &Config) -> String {
         };
         let _ = writeln!(
             out,
-            "upstream {}: {} ({}; {health}; {} attempts; connect {:?}, response {:?})",
+            "upstream {}: {} ({}; {health}; {} attempts; connect {:?}, response {:?}, read {:?})",
             up.name,
             targets.join(", "),
             up.balance.as_str(),
             up.retries.attempts,
             up.connect_timeout,
-            up.response_timeout
+            up.response_timeout,
+            up.read_timeout
         );
     }
     for r in &c.releases {
