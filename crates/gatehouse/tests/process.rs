@@ -84,16 +84,17 @@ fn check_prints_a_summary_of_a_valid_file() {
     let path = write(
         &dir,
         "ok.toml",
-        "[upstream.api]\ntargets = [\"127.0.0.1:9000\", \"127.0.0.1:9001\"]\n[[site]]\nhosts = [\"app.test\"]\n[[site.route]]\npath = \"/api/\"\nupstream = \"api\"\n",
+        "[upstream.api]\ntargets = [\"127.0.0.1:9000\", \"127.0.0.1:9001\", \"unix:/run/api.sock\"]\nread_timeout = \"90s\"\n[[site]]\nhosts = [\"app.test\"]\n[[site.route]]\npath = \"/api/\"\nupstream = \"api\"\n",
     );
     let (code, stdout, stderr) = gatehouse(&["check", "-c", &path]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("site app.test"), "{stdout}");
     assert!(stdout.contains("route /api/"), "{stdout}");
     assert!(
-        stdout.contains("upstream api: 127.0.0.1:9000, 127.0.0.1:9001"),
+        stdout.contains("upstream api: 127.0.0.1:9000, 127.0.0.1:9001, unix:/run/api.sock"),
         "{stdout}"
     );
+    assert!(stdout.contains("connect 5s, response 60s, read 90s)"), "{stdout}");
     assert!(stdout.trim_end().ends_with(": ok"), "{stdout}");
 }
 
