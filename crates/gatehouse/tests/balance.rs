@@ -270,7 +270,6 @@ async fn all_targets_down_gives_503_with_retry_after() {
 async fn health_checks_remove_a_dead_target_and_bring_it_back() {
     let a = Upstream::echo().await;
     let b = Upstream::echo().await;
-    let a_addr = a.addr;
     let gh = Gatehouse::start(&config(&format!(
         "[upstream.app]\ntargets = [\"{}\", \"{}\"]\n\
          health = {{ path = \"/healthz\", interval = \"100ms\", timeout = \"100ms\", rise = 1, fall = 2 }}\n\
@@ -291,14 +290,14 @@ async fn health_checks_remove_a_dead_target_and_bring_it_back() {
         }
         assert!(Instant::now() < deadline, "targets never became healthy: {statuses:?}");
     }
-    drop(a);
+    let held = a.stop().await;
     // Within fall x interval (+ one interval of slack) the dead target is out:
     // with retries off, any request sent to it would fail.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let h = hits(&gh, 20, &[]).await;
     assert_eq!(h.get(&port(&b)), Some(&20));
     // It comes back after it recovers.
-    let a = Upstream::start_at(a_addr, Behavior::Echo).await;
+    let a = Upstream::start_held(held, Behavior::Echo);
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use gatehouse_testkit::Gatehouse;
 use gatehouse_testkit::client::{self, body, get};
 use gatehouse_testkit::process::{Process, TempDir};
-use gatehouse_testkit::upstream::{Behavior, Upstream, refused_addr};
+use gatehouse_testkit::upstream::{Behavior, HeldAddr, Upstream};
 use http::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -167,7 +167,8 @@ async fn reloads_under_load_drop_no_request_and_no_websocket() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_of_unchanged_targets_survives_and_checks_restart() {
     let live = Upstream::echo().await;
-    let dead = refused_addr();
+    let held = HeldAddr::new();
+    let dead = held.addr;
     let extra = Upstream::echo().await;
     let config = |body: &str, targets: &str| {
         format!(
@@ -205,7 +206,7 @@ async fn health_of_unchanged_targets_survives_and_checks_restart() {
     }
 
     // The new checker owns the surviving record: the target comes back.
-    let _revived = Upstream::start_at(dead, Behavior::Echo).await;
+    let _revived = Upstream::start_held(held, Behavior::Echo);
     wait_until("the revived target is marked up", || state(1) == "up").await;
 }
 

@@ -87,9 +87,29 @@ impl Upstream {
         Self::start_at("127.0.0.1:0".parse().unwrap(), behavior).await
     }
 
-    /// Starts an upstream on a given address (to bring a stopped one back).
+    /// Starts an upstream on a given address.
     pub async fn start_at(addr: SocketAddr, behavior: Behavior) -> Self {
-        let listener = TcpListener::bind(addr).await.unwrap();
+        Self::serve_on(TcpListener::bind(addr).await.unwrap(), behavior)
+    }
+
+    /// Starts an upstream on a held port (to bring a stopped one back, or a
+    /// dead target to life): the port cannot have been taken in between.
+    pub fn start_held(held: HeldAddr, behavior: Behavior) -> Self {
+        held.socket.listen(1024).unwrap();
+        held.socket.set_nonblocking(true).unwrap();
+        Self::serve_on(TcpListener::from_std(held.socket.into()).unwrap(), behavior)
+    }
+
+    /// Stops the upstream (as a killed process would: open connections drop)
+    /// and keeps its port held, refusing connections, for [`Self::start_held`].
+    pub async fn stop(mut self) -> HeldAddr {
+        self.task.abort();
+        // The listener is closed once the aborted task is gone.
+        let _ = (&mut self.task).await;
+        HeldAddr::at(self.addr)
+    }
+
+    fn serve_on(listener: TcpListener, behavior: Behavior) -> Self {
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
@@ -123,7 +143,43 @@ impl Upstream {
     }
 }
 
-/// An address on which nothing listens (connections are refused).
+/// A port on 127.0.0.1 that is held but refuses connections: its socket is
+/// bound and not listening. Unlike [`refused_addr`], no other test's listener
+/// or outgoing connection can take the port while this is alive, so an
+/// upstream can be started on it later ([`Upstream::start_held`]).
+pub struct HeldAddr {
+    socket: socket2::Socket,
+    /// The held address.
+    pub addr: SocketAddr,
+}
+
+impl HeldAddr {
+    /// Holds a fresh port.
+    pub fn new() -> Self {
+        Self::at("127.0.0.1:0".parse().unwrap())
+    }
+
+    /// Holds `addr` (free again, say, after [`Upstream::stop`]).
+    pub fn at(addr: SocketAddr) -> Self {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).unwrap();
+        // Connections the stopped upstream had may linger in TIME_WAIT.
+        socket.set_reuse_address(true).unwrap();
+        socket.bind(&addr.into()).unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        Self { socket, addr }
+    }
+}
+
+impl Default for HeldAddr {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An address on which nothing listens (connections are refused). The port is
+/// free again at once: use [`HeldAddr`] for a target that must stay dead or
+/// come back at the same address.
 pub fn refused_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
