@@ -330,31 +330,38 @@ impl Length {
 /// needed (and `buf` is left as it was); on success `buf` is emptied and what
 /// followed the head is in [`ParsedHead::rest`].
 pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ExchangeError> {
-    let bytes = std::mem::take(buf).freeze();
-    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut []);
-    // Only the first MAX_HEAD bytes can hold a head: what lies beyond never
-    // changes the outcome, however the bytes arrived.
-    let window = &bytes[..bytes.len().min(MAX_HEAD)];
-    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, window, &mut slots);
-    let len = match parsed {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => {
-            let too_large = bytes.len() >= MAX_HEAD;
-            *buf = BytesMut::from(bytes);
-            return if too_large {
-                Err(ExchangeError::HeadTooLarge)
-            } else {
-                Ok(None)
-            };
+    // Where each field's name and value lie in `buf`: the parse borrows
+    // `buf`, and only the head is split off it afterwards, so the buffer's
+    // spare room stays with the connection for the next answer.
+    let mut spans = [[0u32; 4]; MAX_HEADERS];
+    let (len, code, minor, fields) = {
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        // Only the first MAX_HEAD bytes can hold a head: what lies beyond never
+        // changes the outcome, however the bytes arrived.
+        let window = &buf[..buf.len().min(MAX_HEAD)];
+        let parsed =
+            httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, window, &mut slots);
+        let len = match parsed {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(ExchangeError::HeadTooLarge),
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let base = window.as_ptr() as usize;
+        // Offsets within MAX_HEAD (64 KiB) fit in u32.
+        let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+            let (name, value) = (at(h.name.as_bytes()), at(h.value));
+            *span = [name, name + h.name.len() as u32, value, value + h.value.len() as u32];
         }
-        Err(e) => return Err(e.into()),
+        (len, resp.code, resp.version, resp.headers.len())
     };
-    let status = resp
-        .code
+    let bytes = buf.split_to(len).freeze();
+    let status = code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(ExchangeError::Invalid("status code"))?;
-    let version = if resp.version == Some(0) {
+    let version = if minor == Some(0) {
         Version::HTTP_10
     } else {
         Version::HTTP_11
@@ -363,7 +370,7 @@ pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Excha
     let mut head = ParsedHead {
         status,
         version,
-        headers: HeaderMap::with_capacity(resp.headers.len()),
+        headers: HeaderMap::with_capacity(fields),
         rest: Bytes::new(),
         close: false,
         chunked: None,
@@ -371,11 +378,14 @@ pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Excha
     };
     // Names `Connection` lists, removed at the end (they may come before it).
     let mut listed: Vec<HeaderName> = Vec::new();
-    for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ExchangeError::Invalid("header name"))?;
+    for &[name_start, name_end, value_start, value_end] in &spans[..fields] {
+        let field = &bytes[name_start as usize..name_end as usize];
+        let value_range = value_start as usize..value_end as usize;
+        let raw = &bytes[value_range.clone()];
+        let name = HeaderName::from_bytes(field).map_err(|_| ExchangeError::Invalid("header name"))?;
         match name.as_str() {
             "connection" => {
-                for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                for token in raw.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
                     if token.eq_ignore_ascii_case(b"close") {
                         head.close = true;
                     } else if !token.eq_ignore_ascii_case(b"keep-alive") && !token.eq_ignore_ascii_case(b"upgrade") {
@@ -389,17 +399,17 @@ pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Excha
                 }
             }
             "transfer-encoding" => {
-                let last = h.value.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii);
+                let last = raw.rsplit(|b| *b == b',').next().map(<[u8]>::trim_ascii);
                 head.chunked = Some(last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
                 if !keep_all {
                     continue;
                 }
             }
-            "content-length" => head.length = head.length.add(h.value),
+            "content-length" => head.length = head.length.add(raw),
             other if !keep_all && crate::forwarding::hop_by_hop_index(other).is_some() => continue,
             _ => {}
         }
-        let value = HeaderValue::from_maybe_shared(bytes.slice_ref(h.value))
+        let value = HeaderValue::from_maybe_shared(bytes.slice(value_range))
             .map_err(|_| ExchangeError::Invalid("header value"))?;
         head.headers.append(name, value);
     }
@@ -411,7 +421,8 @@ pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Excha
             }
         }
     }
-    head.rest = bytes.slice(len..);
+    // What followed the head; `buf` keeps its spare room.
+    head.rest = buf.split().freeze();
     Ok(Some(head))
 }
 
