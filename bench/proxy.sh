@@ -553,6 +553,23 @@ stat_col() {
         }'
 }
 
+# round_ratios PEER -> "median min max" of gatehouse's req/s over PEER's, each
+# taken within one round. Load from elsewhere on a shared machine drifts over
+# minutes; within a round both ran seconds apart, so this ratio drifts less
+# than the ratio of the two medians.
+round_ratios() {
+    { clean_rows gatehouse; clean_rows "$1"; } | awk -F'\t' -v p="$1" '
+        $2 == "gatehouse" { g[$1] = $3 }
+        $2 == p { q[$1] = $3 }
+        END { for (r in g) if ((r in q) && q[r] > 0) print g[r] / q[r] }' | sort -g | awk '
+        { v[NR] = $1 }
+        END {
+            if (NR == 0) { print "- - -"; exit }
+            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            print m, v[1], v[NR]
+        }'
+}
+
 # runs_used SERVER -> "2/3": runs the medians are taken from / runs made
 runs_used() {
     echo "$(clean_rows "$1" | wc -l)/$(awk -F'\t' -v s="$1" '$2 == s { n++ } END { print n + 0 }' "$RESULTS")"
@@ -607,13 +624,22 @@ report() {
             read -r p_rps _ _ < <(stat_col "$peer" 3)
             read -r p_p99 _ _ < <(stat_col "$peer" 5)
             read -r p_us _ _ < <(stat_col "$peer" 12)
+            local r_med r_min r_max
+            read -r r_med r_min r_max < <(round_ratios "$peer")
             local caveat=""
             [[ " $all_disturbed " != *" $peer "* && " $all_disturbed " != *" gatehouse "* ]] ||
                 caveat=" — not comparable: every run of one of them was disturbed"
-            awk -v c="$caveat" -v n="$( [[ $peer == policies ]] && echo "gatehouse with rate limit + CORS" || echo "${LABEL[$peer]%% *}")" -v gr="$g_rps" -v pr="$p_rps" -v gp="$g_p99" -v pp="$p_p99" \
-                -v gu="$g_us" -v pu="$p_us" -v gk="${PEAK_KB[gatehouse]}" -v pk="${PEAK_KB[$peer]}" 'BEGIN {
-                printf "- gatehouse / %s: **%.2f×** req/s; p99 %.2f×, CPU per request %.2f×, peak RSS %.2f× (these three: lower is better)%s\n",
-                    n, gr / pr, gp / pp, gu / pu, gk / pk, c
+            local name
+            case "$peer" in
+            policies) name="gatehouse with rate limit + CORS" ;;
+            baseline) name="baseline build" ;;
+            *) name="${LABEL[$peer]%% *}" ;;
+            esac
+            awk -v c="$caveat" -v n="$name" -v gr="$g_rps" -v pr="$p_rps" -v gp="$g_p99" -v pp="$p_p99" \
+                -v gu="$g_us" -v pu="$p_us" -v gk="${PEAK_KB[gatehouse]}" -v pk="${PEAK_KB[$peer]}" \
+                -v rm="$r_med" -v rl="$r_min" -v rh="$r_max" 'BEGIN {
+                printf "- gatehouse / %s: **%.2f×** req/s (within a round: median %.2f×, %.2f–%.2f×); p99 %.2f×, CPU per request %.2f×, peak RSS %.2f× (these three: lower is better)%s\n",
+                    n, gr / pr, rm, rl, rh, gp / pp, gu / pu, gk / pk, c
             }'
         done
         echo
