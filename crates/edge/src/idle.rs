@@ -1,9 +1,10 @@
-//! Closing idle HTTP/2 client connections.
+//! Telling when an HTTP/2 client connection is idle.
 //!
 //! hyper closes an idle HTTP/1 keep-alive connection itself (its head timeout
 //! covers the wait for the next request), but has no idle timeout for HTTP/2.
 //! An HTTP/2 connection counts its requests here instead: one with no request
-//! open and none started for a whole period is closed.
+//! open and none started for a whole period is asked to close (GOAWAY) by
+//! [`crate::drain`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -41,23 +42,6 @@ impl Activity {
             }
             seen = now;
         }
-    }
-}
-
-/// Runs a connection to its end; for an HTTP/2 connection (`activity` given),
-/// only until it has been idle for `period` (see [`Activity::idle`]), when it is
-/// dropped and so closed: `None`.
-pub(crate) async fn serve_until_idle<F: std::future::Future>(
-    served: F,
-    activity: Option<Arc<Activity>>,
-    period: Duration,
-) -> Option<F::Output> {
-    match activity {
-        None => Some(served.await),
-        Some(activity) => tokio::select! {
-            out = served => Some(out),
-            () = activity.idle(period) => None,
-        },
     }
 }
 

@@ -13,6 +13,7 @@
 
 mod body;
 mod connect;
+mod drain;
 mod forwarding;
 mod generation;
 mod h1;

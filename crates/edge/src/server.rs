@@ -20,12 +20,12 @@ use gatehouse_observe::AccessLogSender;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::EdgeError;
+use crate::drain::Drain;
 use crate::forwarding::PeerInfo;
 use crate::generation::{Checker, Generation};
 use crate::handler::{ConnCtx, Shared, Worker};
@@ -530,7 +530,7 @@ async fn accept_loop(
         }
     };
     let addr = listener.local_addr().ok();
-    let graceful = GracefulShutdown::new();
+    let drain = Drain::default();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -558,7 +558,7 @@ async fn accept_loop(
         let peer_info = PeerInfo::new(peer.ip(), &shared.config.server.trusted_proxies);
         drop(worker_now);
         let current = current.clone();
-        let watcher = graceful.watcher();
+        let entered = drain.enter();
         let mut stopping = shutdown.clone();
         if let Some(tls) = &tls {
             let tls = tls.clone();
@@ -569,7 +569,7 @@ async fn accept_loop(
                     peer,
                     peer_info,
                 };
-                crate::tls::serve_connection(tls, accepted, header_timeout, current, builder, watcher, stopping).await;
+                crate::tls::serve_connection(tls, accepted, header_timeout, current, builder, entered, stopping).await;
             });
             continue;
         }
@@ -600,12 +600,11 @@ async fn accept_loop(
             let connection = builder
                 .serve_connection_with_upgrades(TokioIo::new(io), service)
                 .into_owned();
-            let Some(served) = crate::idle::serve_until_idle(watcher.watch(connection), activity, header_timeout).await
-            else {
+            let ended = entered.serve(connection, activity.map(|a| (a, header_timeout))).await;
+            if ended.idle {
                 tracing::debug!(%peer, "Idle HTTP/2 connection closed.");
-                return;
-            };
-            if let Err(e) = served {
+            }
+            if let Err(e) = ended.output {
                 let timed_out = e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
                 if timed_out && conn.requests() == 0 {
                     if let Some(alarm) = alarm {
@@ -618,11 +617,11 @@ async fn accept_loop(
     }
     drop(listener);
     let deadline = current.load().shared().config.server.shutdown_timeout;
-    let open = graceful.count();
+    let open = drain.count();
     if open > 0 {
         tracing::info!(?addr, connections = open, ?deadline, "Draining connections.");
     }
-    if tokio::time::timeout(deadline, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(deadline, drain.shutdown()).await.is_err() {
         tracing::warn!(
             ?addr,
             ?deadline,

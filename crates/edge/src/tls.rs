@@ -24,7 +24,6 @@ use http::{Request, Response, StatusCode};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -34,6 +33,7 @@ use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 
 use crate::EdgeError;
 use crate::body::ResponseBody;
+use crate::drain::Entered;
 use crate::forwarding::PeerInfo;
 use crate::handler::{ConnCtx, Worker, local_error};
 use crate::idle::Activity;
@@ -144,7 +144,7 @@ pub(crate) async fn serve_connection(
     header_timeout: Duration,
     current: Arc<ArcSwap<Worker>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    watcher: Watcher,
+    entered: Entered,
     mut stop: watch::Receiver<bool>,
 ) {
     let Accepted {
@@ -221,11 +221,14 @@ pub(crate) async fn serve_connection(
         async move { Ok::<_, Infallible>(worker.handle(&conn, req).await) }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    let served = watcher.watch(connection.into_owned());
-    match crate::idle::serve_until_idle(served, activity, header_timeout).await {
-        Some(Err(e)) => tracing::debug!(%peer, error = %e, "Client connection ended with an error."),
-        Some(Ok(())) => {}
-        None => tracing::debug!(%peer, "Idle HTTP/2 connection closed."),
+    let ended = entered
+        .serve(connection.into_owned(), activity.map(|a| (a, header_timeout)))
+        .await;
+    if ended.idle {
+        tracing::debug!(%peer, "Idle HTTP/2 connection closed.");
+    }
+    if let Err(e) = ended.output {
+        tracing::debug!(%peer, error = %e, "Client connection ended with an error.");
     }
 }
 

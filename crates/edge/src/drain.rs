@@ -1,0 +1,285 @@
+//! Draining client connections, and closing idle HTTP/2 ones.
+//!
+//! When its listener is removed or the server stops, every connection is asked
+//! to finish gracefully: an HTTP/1 connection closes after its current
+//! response, an HTTP/2 one sends GOAWAY and closes once its open streams end.
+//! An HTTP/2 connection left idle (see [`Activity::idle`]) is asked the same
+//! way; hyper times out only idle HTTP/1 connections itself.
+//!
+//! The connection's task checks an atomic flag on each wake-up and hands its
+//! waker to the drain once. (A channel receiver polled on every wake-up, as a
+//! `watch`, takes a lock each time: measurable on a path that wakes twice per
+//! proxied request.)
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use hyper::body::{Body, Incoming};
+use hyper::rt::{Read, Write};
+use hyper::service::HttpService;
+use hyper_util::server::conn::auto::{HttpServerConnExec, UpgradeableConnection};
+
+use crate::idle::Activity;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A connection that can be asked to finish gracefully.
+pub(crate) trait Graceful: Future {
+    /// Starts the graceful end; the connection must still be polled to its end.
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, E, B> Graceful for UpgradeableConnection<'static, I, S, E>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: Read + Write + Unpin + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    E: HttpServerConnExec<S::Future, B>,
+    Self: Future,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+/// The connections one accept loop is responsible for.
+#[derive(Default)]
+pub(crate) struct Drain {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    stopping: AtomicBool,
+    next_id: AtomicU64,
+    /// Every connection not yet ended, with its task's waker once polled.
+    conns: Mutex<HashMap<u64, Option<Waker>>>,
+    /// Woken when the last connection ends after `stopping` was set.
+    all_ended: tokio::sync::Notify,
+}
+
+impl Inner {
+    fn conns(&self) -> MutexGuard<'_, HashMap<u64, Option<Waker>>> {
+        // The map stays consistent whatever panicked while holding it.
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drain {
+    /// Counts a newly accepted connection, from before its handshake on.
+    pub(crate) fn enter(&self) -> Entered {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        self.inner.conns().insert(id, None);
+        Entered {
+            inner: self.inner.clone(),
+            id,
+        }
+    }
+
+    /// Connections not yet ended.
+    pub(crate) fn count(&self) -> usize {
+        self.inner.conns().len()
+    }
+
+    /// Asks every connection to finish and waits until all have ended.
+    pub(crate) async fn shutdown(&self) {
+        let ended = self.inner.all_ended.notified();
+        tokio::pin!(ended);
+        // Registered before the flag is set, so the last connection's
+        // notification cannot slip in between.
+        ended.as_mut().enable();
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        let wakers: Vec<Waker> = {
+            let conns = self.inner.conns();
+            if conns.is_empty() {
+                return;
+            }
+            conns.values().flatten().cloned().collect()
+        };
+        for waker in wakers {
+            waker.wake();
+        }
+        ended.await;
+    }
+}
+
+/// A connection counted by its [`Drain`]; uncounted when dropped.
+pub(crate) struct Entered {
+    inner: Arc<Inner>,
+    id: u64,
+}
+
+impl Entered {
+    /// Serves `conn` until it ends, asking it to finish when the drain starts or,
+    /// with `idle`, when the HTTP/2 connection has been idle for the period.
+    pub(crate) fn serve<C: Graceful>(self, conn: C, idle: Option<(Arc<Activity>, Duration)>) -> Draining<C> {
+        Draining {
+            conn,
+            entered: self,
+            waker: None,
+            asked: false,
+            went_idle: false,
+            idle: idle.map(|(activity, period)| {
+                Box::pin(async move { activity.idle(period).await }) as Pin<Box<dyn Future<Output = ()> + Send>>
+            }),
+        }
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        let mut conns = self.inner.conns();
+        conns.remove(&self.id);
+        if conns.is_empty() && self.inner.stopping.load(Ordering::SeqCst) {
+            self.inner.all_ended.notify_waiters();
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection being served under a [`Drain`]; see [`Entered::serve`].
+    pub(crate) struct Draining<C> {
+        #[pin]
+        conn: C,
+        entered: Entered,
+        waker: Option<Waker>,
+        asked: bool,
+        went_idle: bool,
+        idle: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    }
+}
+
+/// How a connection ended.
+pub(crate) struct Ended<T> {
+    /// The connection's own result.
+    pub(crate) output: T,
+    /// It was an idle HTTP/2 connection, asked to close.
+    pub(crate) idle: bool,
+}
+
+impl<C: Graceful> Future for Draining<C> {
+    type Output = Ended<C::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if !*this.asked {
+            let inner = &this.entered.inner;
+            if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                // First poll (or a new task): the drain wakes this one.
+                let waker = cx.waker().clone();
+                if let Some(slot) = inner.conns().get_mut(&this.entered.id) {
+                    *slot = Some(waker.clone());
+                }
+                *this.waker = Some(waker);
+            }
+            // Checked after the waker is in place: a drain that started before
+            // it was either sees it or is seen here.
+            if inner.stopping.load(Ordering::SeqCst) {
+                *this.asked = true;
+                this.conn.as_mut().graceful_shutdown();
+            } else if let Some(idle) = this.idle.as_mut() {
+                if idle.as_mut().poll(cx).is_ready() {
+                    *this.idle = None;
+                    *this.asked = true;
+                    *this.went_idle = true;
+                    this.conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+        this.conn.poll(cx).map(|output| Ended {
+            output,
+            idle: *this.went_idle,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection that ends only once asked to, after one more poll.
+    #[derive(Default)]
+    struct Conn {
+        asked: bool,
+    }
+
+    impl Future for Conn {
+        type Output = &'static str;
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<&'static str> {
+            if self.asked {
+                Poll::Ready("finished")
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    impl Graceful for Conn {
+        fn graceful_shutdown(self: Pin<&mut Self>) {
+            self.get_mut().asked = true;
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_asks_every_connection_and_waits_for_all() {
+        let drain = Drain::default();
+        let served = tokio::spawn(drain.enter().serve(Conn::default(), None));
+        // Counted before its first poll too (as during a TLS handshake).
+        let waiting = drain.enter();
+        tokio::task::yield_now().await;
+        assert_eq!(drain.count(), 2);
+        assert!(!drain.inner.stopping.load(Ordering::SeqCst));
+
+        let shutdown = drain.shutdown();
+        tokio::pin!(shutdown);
+        // The served connection finishes; the other one is still counted.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut shutdown)
+                .await
+                .is_err()
+        );
+        let ended = served.await.unwrap();
+        assert_eq!((ended.output, ended.idle), ("finished", false));
+        assert_eq!(drain.count(), 1);
+        assert!(waiting.inner.stopping.load(Ordering::SeqCst));
+        drop(waiting);
+        tokio::time::timeout(Duration::from_secs(1), shutdown)
+            .await
+            .expect("the drain ends with its last connection");
+        assert_eq!(drain.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_connection_entering_a_stopped_drain_is_asked_at_once() {
+        let drain = Drain::default();
+        tokio::time::timeout(Duration::from_secs(1), drain.shutdown())
+            .await
+            .expect("nothing to wait for");
+        let ended = tokio::time::timeout(Duration::from_secs(1), drain.enter().serve(Conn::default(), None))
+            .await
+            .expect("asked on its first poll");
+        assert_eq!(ended.output, "finished");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_asked_to_close_and_says_so() {
+        let drain = Drain::default();
+        let activity = Arc::new(Activity::default());
+        let period = Duration::from_secs(10);
+        let ended = tokio::time::timeout(
+            Duration::from_secs(25),
+            drain.enter().serve(Conn::default(), Some((activity, period))),
+        )
+        .await
+        .expect("closed within two periods");
+        assert_eq!((ended.output, ended.idle), ("finished", true));
+    }
+}
