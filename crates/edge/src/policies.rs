@@ -193,33 +193,45 @@ impl Drop for ConnSlot {
 /// Why a request is refused before routing.
 pub(crate) fn hygiene<B>(req: &Request<B>) -> Result<(), &'static str> {
     let headers = req.headers();
+    // One pass over the fields instead of a lookup per rule.
+    let (mut host, mut hosts, mut chunked, mut length) = (None, 0u32, false, None);
+    let mut lengths_differ = false;
+    for (name, value) in headers {
+        if name == header::HOST {
+            host = host.or(Some(value));
+            hosts += 1;
+        } else if name == header::CONTENT_LENGTH {
+            match length {
+                None => length = Some(value),
+                Some(first) => lengths_differ |= first != value,
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            chunked = true;
+        }
+    }
     if matches!(req.version(), Version::HTTP_10 | Version::HTTP_11) {
         // RFC 9112 §6.1: a request with both is a smuggling attempt or a broken
         // client. hyper's HTTP/1 parser already drops the length (and closes the
         // connection after the response), so this only catches a request that
         // reaches the handler some other way with both still set.
-        if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
+        if chunked && length.is_some() {
             return Err("both Content-Length and Transfer-Encoding");
         }
         // Absolute-form (`GET http://a.example/ HTTP/1.1`) names the host twice;
         // if they differ, one of the two parsers in a chain would route it
         // elsewhere (RFC 9112 §3.2.2 lets the URI win; we refuse instead).
-        if let (Some(authority), Some(h)) = (req.uri().authority(), headers.get(header::HOST)) {
+        if let (Some(authority), Some(h)) = (req.uri().authority(), host) {
             if !authority.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) {
                 return Err("request target and Host header name different hosts");
             }
         }
     }
     // RFC 9112 §3.2: more than one Host is a 400.
-    let mut hosts = headers.get_all(header::HOST).iter();
-    if hosts.next().is_some() && hosts.next().is_some() {
+    if hosts > 1 {
         return Err("more than one Host header");
     }
-    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-    if let Some(first) = lengths.next() {
-        if lengths.any(|v| v != first) {
-            return Err("conflicting Content-Length headers");
-        }
+    if lengths_differ {
+        return Err("conflicting Content-Length headers");
     }
     Ok(())
 }

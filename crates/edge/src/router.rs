@@ -211,13 +211,13 @@ impl Router {
 /// `_`; a `:` ends it and everything after must be digits, so a value such as
 /// `evil:1.example.org:443` is refused rather than matched as `*.example.org`.
 pub(crate) fn normalize_host(raw: &[u8]) -> Result<std::borrow::Cow<'_, str>, ()> {
-    let s = std::str::from_utf8(raw).map_err(|_| ())?;
-    let port_ok = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-    if let Some(rest) = s.strip_prefix('[') {
-        let end = rest.find(']').ok_or(())?;
-        let (inside, after) = (&rest[..end], &rest[end + 1..]);
+    let port_ok = |p: &[u8]| p.iter().all(u8::is_ascii_digit);
+    if let Some(rest) = raw.strip_prefix(b"[") {
+        let s = std::str::from_utf8(raw).map_err(|_| ())?;
+        let end = rest.iter().position(|&b| b == b']').ok_or(())?;
+        let (inside, after) = (&s[1..end + 1], &rest[end + 1..]);
         inside.parse::<std::net::Ipv6Addr>().map_err(|_| ())?;
-        match after.strip_prefix(':') {
+        match after.strip_prefix(b":") {
             Some(port) if port_ok(port) => {}
             None if after.is_empty() => {}
             _ => return Err(()),
@@ -229,26 +229,37 @@ pub(crate) fn normalize_host(raw: &[u8]) -> Result<std::borrow::Cow<'_, str>, ()
             std::borrow::Cow::Borrowed(host)
         });
     }
-    let (name, port) = match s.split_once(':') {
-        Some((name, port)) => (name, Some(port)),
-        None => (s, None),
-    };
-    if port.is_some_and(|p| !port_ok(p)) {
+    // One pass over the name: every byte checked, upper case noted.
+    let mut upper = false;
+    let mut end = raw.len();
+    for (i, &b) in raw.iter().enumerate() {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'.' | b'-' | b'_' => {}
+            b'A'..=b'Z' => upper = true,
+            b':' => {
+                if !port_ok(&raw[i + 1..]) {
+                    return Err(());
+                }
+                end = i;
+                break;
+            }
+            _ => return Err(()),
+        }
+    }
+    let mut name = &raw[..end];
+    while let [rest @ .., b'.'] = name {
+        name = rest;
+    }
+    if name.is_empty() {
         return Err(());
     }
-    let name = name.trim_end_matches('.');
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-    {
-        return Err(());
-    }
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        Ok(std::borrow::Cow::Owned(name.to_ascii_lowercase()))
+    // Only ASCII letters, digits and `.-_` are left.
+    let name = std::str::from_utf8(name).map_err(|_| ())?;
+    Ok(if upper {
+        std::borrow::Cow::Owned(name.to_ascii_lowercase())
     } else {
-        Ok(std::borrow::Cow::Borrowed(name))
-    }
+        std::borrow::Cow::Borrowed(name)
+    })
 }
 
 #[cfg(test)]
