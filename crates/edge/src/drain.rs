@@ -3,8 +3,11 @@
 //! When its listener is removed or the server stops, every connection is asked
 //! to finish gracefully: an HTTP/1 connection closes after its current
 //! response, an HTTP/2 one sends GOAWAY and closes once its open streams end.
+//! What is still open at the deadline is closed ([`Drain::force`]).
 //! An HTTP/2 connection left idle (see [`Activity::idle`]) is asked the same
-//! way; hyper times out only idle HTTP/1 connections itself.
+//! way, and closed if it has not ended one idle period later (the GOAWAY
+//! exchange needs the client's answer); hyper times out only idle HTTP/1
+//! connections itself.
 //!
 //! The connection's task checks an atomic flag on each wake-up and hands its
 //! waker to the drain once. (A channel receiver polled on every wake-up, as a
@@ -59,6 +62,8 @@ pub(crate) struct Drain {
 #[derive(Default)]
 struct Inner {
     stopping: AtomicBool,
+    /// Past the deadline: connections end without finishing.
+    force: AtomicBool,
     next_id: AtomicU64,
     /// Every connection not yet ended, with its task's waker once polled.
     conns: Mutex<HashMap<u64, Option<Waker>>>,
@@ -109,6 +114,17 @@ impl Drain {
         }
         ended.await;
     }
+
+    /// Closes every connection still open (after [`Self::shutdown`] ran out of
+    /// time): each ends at its next poll, which this brings about.
+    pub(crate) fn force(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.force.store(true, Ordering::SeqCst);
+        let wakers: Vec<Waker> = self.inner.conns().values().flatten().cloned().collect();
+        for waker in wakers {
+            waker.wake();
+        }
+    }
 }
 
 /// A connection counted by its [`Drain`]; uncounted when dropped.
@@ -128,8 +144,12 @@ impl Entered {
             asked: false,
             went_idle: false,
             idle: idle.map(|(activity, period)| {
-                Box::pin(async move { activity.idle(period).await }) as Pin<Box<dyn Future<Output = ()> + Send>>
+                Box::pin(async move {
+                    activity.idle(period).await;
+                    period
+                }) as Pin<Box<dyn Future<Output = Duration> + Send>>
             }),
+            grace: None,
         }
     }
 }
@@ -153,14 +173,17 @@ pin_project_lite::pin_project! {
         waker: Option<Waker>,
         asked: bool,
         went_idle: bool,
-        idle: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+        idle: Option<Pin<Box<dyn Future<Output = Duration> + Send>>>,
+        // How long an idle connection asked to close has left.
+        grace: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 }
 
 /// How a connection ended.
 pub(crate) struct Ended<T> {
-    /// The connection's own result.
-    pub(crate) output: T,
+    /// The connection's own result; `None` when it was closed unfinished (the
+    /// drain's deadline, or an idle connection that did not end in time).
+    pub(crate) output: Option<T>,
     /// It was an idle HTTP/2 connection, asked to close.
     pub(crate) idle: bool,
 }
@@ -186,18 +209,30 @@ impl<C: Graceful> Future for Draining<C> {
                 *this.asked = true;
                 this.conn.as_mut().graceful_shutdown();
             } else if let Some(idle) = this.idle.as_mut() {
-                if idle.as_mut().poll(cx).is_ready() {
+                if let Poll::Ready(period) = idle.as_mut().poll(cx) {
                     *this.idle = None;
                     *this.asked = true;
                     *this.went_idle = true;
+                    *this.grace = Some(Box::pin(tokio::time::sleep(period)));
                     this.conn.as_mut().graceful_shutdown();
                 }
             }
         }
-        this.conn.poll(cx).map(|output| Ended {
-            output,
-            idle: *this.went_idle,
-        })
+        if let Poll::Ready(output) = this.conn.poll(cx) {
+            return Poll::Ready(Ended {
+                output: Some(output),
+                idle: *this.went_idle,
+            });
+        }
+        let out_of_time = this.grace.as_mut().is_some_and(|g| g.as_mut().poll(cx).is_ready());
+        if out_of_time || (*this.asked && this.entered.inner.force.load(Ordering::SeqCst)) {
+            // Dropping the connection closes it.
+            return Poll::Ready(Ended {
+                output: None,
+                idle: *this.went_idle,
+            });
+        }
+        Poll::Pending
     }
 }
 
@@ -205,20 +240,29 @@ impl<C: Graceful> Future for Draining<C> {
 mod tests {
     use super::*;
 
-    /// A connection that ends only once asked to, after one more poll.
+    /// A connection that ends once asked to, unless it is stubborn (a client
+    /// that never answers the GOAWAY exchange, a request that never ends).
     #[derive(Default)]
     struct Conn {
         asked: bool,
+        stubborn: bool,
     }
 
     impl Future for Conn {
         type Output = &'static str;
         fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<&'static str> {
-            if self.asked {
+            if self.asked && !self.stubborn {
                 Poll::Ready("finished")
             } else {
                 Poll::Pending
             }
+        }
+    }
+
+    fn stubborn() -> Conn {
+        Conn {
+            asked: false,
+            stubborn: true,
         }
     }
 
@@ -247,7 +291,7 @@ mod tests {
                 .is_err()
         );
         let ended = served.await.unwrap();
-        assert_eq!((ended.output, ended.idle), ("finished", false));
+        assert_eq!((ended.output, ended.idle), (Some("finished"), false));
         assert_eq!(drain.count(), 1);
         assert!(waiting.inner.stopping.load(Ordering::SeqCst));
         drop(waiting);
@@ -266,7 +310,7 @@ mod tests {
         let ended = tokio::time::timeout(Duration::from_secs(1), drain.enter().serve(Conn::default(), None))
             .await
             .expect("asked on its first poll");
-        assert_eq!(ended.output, "finished");
+        assert_eq!(ended.output, Some("finished"));
     }
 
     #[tokio::test(start_paused = true)]
@@ -280,6 +324,47 @@ mod tests {
         )
         .await
         .expect("closed within two periods");
-        assert_eq!((ended.output, ended.idle), ("finished", true));
+        assert_eq!((ended.output, ended.idle), (Some("finished"), true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_that_does_not_end_is_closed_a_period_later() {
+        let drain = Drain::default();
+        let activity = Arc::new(Activity::default());
+        let period = Duration::from_secs(10);
+        let started = tokio::time::Instant::now();
+        let ended = tokio::time::timeout(
+            Duration::from_secs(60),
+            drain.enter().serve(stubborn(), Some((activity, period))),
+        )
+        .await
+        .expect("closed without the client's help");
+        assert_eq!((ended.output, ended.idle), (None, true));
+        let waited = started.elapsed();
+        // Idle after one or two periods, then one more.
+        assert!(
+            waited >= Duration::from_secs(20) && waited <= Duration::from_secs(30),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn force_closes_what_the_drain_could_not_finish() {
+        let drain = Drain::default();
+        let served = tokio::spawn(drain.enter().serve(stubborn(), None));
+        tokio::task::yield_now().await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), drain.shutdown())
+                .await
+                .is_err(),
+            "a connection that does not finish keeps the drain waiting"
+        );
+        drain.force();
+        let ended = tokio::time::timeout(Duration::from_secs(1), served)
+            .await
+            .expect("closed at once")
+            .unwrap();
+        assert_eq!(ended.output, None);
+        assert_eq!(drain.count(), 0);
     }
 }

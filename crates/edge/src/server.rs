@@ -604,7 +604,7 @@ async fn accept_loop(
             if ended.idle {
                 tracing::debug!(%peer, "Idle HTTP/2 connection closed.");
             }
-            if let Err(e) = ended.output {
+            if let Some(Err(e)) = ended.output {
                 let timed_out = e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
                 if timed_out && conn.requests() == 0 {
                     if let Some(alarm) = alarm {
@@ -627,6 +627,7 @@ async fn accept_loop(
             ?deadline,
             "Drain deadline passed; closing remaining connections."
         );
+        drain.force();
     }
 }
 

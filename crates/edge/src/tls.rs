@@ -227,7 +227,7 @@ pub(crate) async fn serve_connection(
     if ended.idle {
         tracing::debug!(%peer, "Idle HTTP/2 connection closed.");
     }
-    if let Err(e) = ended.output {
+    if let Some(Err(e)) = ended.output {
         tracing::debug!(%peer, error = %e, "Client connection ended with an error.");
     }
 }
