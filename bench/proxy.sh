@@ -638,8 +638,9 @@ report() {
             awk -v c="$caveat" -v n="$name" -v gr="$g_rps" -v pr="$p_rps" -v gp="$g_p99" -v pp="$p_p99" \
                 -v gu="$g_us" -v pu="$p_us" -v gk="${PEAK_KB[gatehouse]}" -v pk="${PEAK_KB[$peer]}" \
                 -v rm="$r_med" -v rl="$r_min" -v rh="$r_max" 'BEGIN {
-                printf "- gatehouse / %s: **%.2f×** req/s (within a round: median %.2f×, %.2f–%.2f×); p99 %.2f×, CPU per request %.2f×, peak RSS %.2f× (these three: lower is better)%s\n",
-                    n, gr / pr, rm, rl, rh, gp / pp, gu / pu, gk / pk, c
+                within = (rm == "-") ? "no round ran both" : sprintf("median %.2f×, %.2f–%.2f×", rm, rl, rh)
+                printf "- gatehouse / %s: **%.2f×** req/s (within a round: %s); p99 %.2f×, CPU per request %.2f×, peak RSS %.2f× (these three: lower is better)%s\n",
+                    n, gr / pr, within, gp / pp, gu / pu, gk / pk, c
             }'
         done
         echo
