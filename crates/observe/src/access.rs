@@ -157,6 +157,8 @@ impl AccessLog {
 fn write_loop(rx: Receiver<AccessRecord>, mut out: BufWriter<Box<dyn Write + Send>>, format: LogFormat) {
     let mut failed = false;
     let mut clock = Clock::default();
+    // A text line is put together here and written in one call.
+    let mut line = Vec::with_capacity(512);
     loop {
         // Idle: park until a record arrives (or flush periodically).
         let first = match rx.recv_timeout(FLUSH_INTERVAL) {
@@ -167,14 +169,14 @@ fn write_loop(rx: Receiver<AccessRecord>, mut out: BufWriter<Box<dyn Write + Sen
             }
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        write_record(&mut out, &mut clock, &first, format, &mut failed);
+        write_record(&mut out, &mut clock, &mut line, &first, format, &mut failed);
         // Busy: drain in batches without parking, so senders never wake us.
         loop {
             let mut wrote = 0usize;
             loop {
                 match rx.try_recv() {
                     Ok(r) => {
-                        write_record(&mut out, &mut clock, &r, format, &mut failed);
+                        write_record(&mut out, &mut clock, &mut line, &r, format, &mut failed);
                         wrote += 1;
                     }
                     Err(TryRecvError::Empty) => break,
@@ -200,9 +202,20 @@ fn flush(out: &mut impl Write, failed: &mut bool) {
     }
 }
 
-fn write_record(out: &mut impl Write, clock: &mut Clock, r: &AccessRecord, format: LogFormat, failed: &mut bool) {
+fn write_record(
+    out: &mut impl Write,
+    clock: &mut Clock,
+    line: &mut Vec<u8>,
+    r: &AccessRecord,
+    format: LogFormat,
+    failed: &mut bool,
+) {
     let res = match format {
-        LogFormat::Text => write_text(out, clock, r),
+        LogFormat::Text => {
+            line.clear();
+            format_text(line, clock, r);
+            out.write_all(line)
+        }
         LogFormat::Json => write_json(out, r),
     };
     match res {
@@ -230,17 +243,18 @@ fn version_str(v: Version) -> &'static str {
     }
 }
 
-/// Writes `bytes` with anything that could break the line format escaped.
-fn write_escaped(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+/// Appends `bytes` with anything that could break the line format escaped.
+fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-            out.write_all(&bytes[start..i])?;
-            write!(out, "\\x{b:02x}")?;
+            out.extend_from_slice(&bytes[start..i]);
+            out.extend_from_slice(&[b'\\', b'x', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
             start = i + 1;
         }
     }
-    out.write_all(&bytes[start..])
+    out.extend_from_slice(&bytes[start..]);
 }
 
 fn ms(d: Duration) -> f64 {
@@ -257,7 +271,7 @@ struct Clock {
 }
 
 impl Clock {
-    fn write(&mut self, out: &mut impl Write, t: SystemTime) -> io::Result<()> {
+    fn write(&mut self, out: &mut Vec<u8>, t: SystemTime) {
         let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let second = since.as_secs();
         if self.prefix.is_empty() || second != self.second {
@@ -268,96 +282,99 @@ impl Clock {
             self.prefix.push(b'.');
             self.second = second;
         }
-        out.write_all(&self.prefix)?;
+        out.extend_from_slice(&self.prefix);
         let ms = since.subsec_millis();
-        out.write_all(&[
+        out.extend_from_slice(&[
             b'0' + (ms / 100) as u8,
             b'0' + (ms / 10 % 10) as u8,
             b'0' + (ms % 10) as u8,
             b'Z',
-        ])
+        ]);
     }
 }
 
 /// Writes a duration as milliseconds with three decimals, without floats.
-fn write_ms(out: &mut impl Write, d: Duration) -> io::Result<()> {
+fn write_ms(out: &mut Vec<u8>, d: Duration) {
     let us = d.as_micros();
     let mut buf = itoa::Buffer::new();
-    out.write_all(buf.format(us / 1000).as_bytes())?;
+    out.extend_from_slice(buf.format(us / 1000).as_bytes());
     let frac = (us % 1000) as u32;
-    out.write_all(&[
+    out.extend_from_slice(&[
         b'.',
         b'0' + (frac / 100) as u8,
         b'0' + (frac / 10 % 10) as u8,
         b'0' + (frac % 10) as u8,
-    ])
+    ]);
 }
 
 /// IPv4 is written digit by digit (the `Display` impl goes through the
 /// formatting machinery and costs ten times as much); IPv6 is rare enough.
-fn write_ip(out: &mut impl Write, ip: IpAddr) -> io::Result<()> {
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();
             let mut buf = itoa::Buffer::new();
             for (i, octet) in o.iter().enumerate() {
                 if i > 0 {
-                    out.write_all(b".")?;
+                    out.push(b'.');
                 }
-                out.write_all(buf.format(*octet).as_bytes())?;
+                out.extend_from_slice(buf.format(*octet).as_bytes());
             }
-            Ok(())
         }
-        IpAddr::V6(v6) => write!(out, "{v6}"),
+        // Writing to a Vec cannot fail.
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
-fn write_int(out: &mut impl Write, n: u64) -> io::Result<()> {
-    out.write_all(itoa::Buffer::new().format(n).as_bytes())
+fn write_int(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
-fn write_text(out: &mut impl Write, clock: &mut Clock, r: &AccessRecord) -> io::Result<()> {
-    clock.write(out, r.time)?;
-    out.write_all(b" ")?;
-    write_ip(out, r.client_ip)?;
-    out.write_all(b" ")?;
-    out.write_all(r.request_id.as_bytes())?;
-    out.write_all(b" \"")?;
-    out.write_all(r.method.as_str().as_bytes())?;
-    out.write_all(b" ")?;
+/// Puts the text line for `r` in `out`.
+fn format_text(out: &mut Vec<u8>, clock: &mut Clock, r: &AccessRecord) {
+    clock.write(out, r.time);
+    out.extend_from_slice(b" ");
+    write_ip(out, r.client_ip);
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(r.request_id.as_bytes());
+    out.extend_from_slice(b" \"");
+    out.extend_from_slice(r.method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
     match &r.host {
-        Some(h) => write_escaped(out, h.as_bytes())?,
-        None => out.write_all(b"-")?,
+        Some(h) => write_escaped(out, h.as_bytes()),
+        None => out.push(b'-'),
     }
-    out.write_all(b" ")?;
+    out.extend_from_slice(b" ");
     let target = r.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    write_escaped(out, target.as_bytes())?;
-    out.write_all(b" ")?;
-    out.write_all(version_str(r.version).as_bytes())?;
-    out.write_all(b"\" ")?;
-    write_int(out, u64::from(r.status))?;
-    out.write_all(b" in=")?;
-    write_int(out, r.bytes_in)?;
-    out.write_all(b" out=")?;
-    write_int(out, r.bytes_out)?;
-    out.write_all(b" dur_ms=")?;
-    write_ms(out, r.duration)?;
-    out.write_all(b" route=")?;
+    write_escaped(out, target.as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(version_str(r.version).as_bytes());
+    out.extend_from_slice(b"\" ");
+    write_int(out, u64::from(r.status));
+    out.extend_from_slice(b" in=");
+    write_int(out, r.bytes_in);
+    out.extend_from_slice(b" out=");
+    write_int(out, r.bytes_out);
+    out.extend_from_slice(b" dur_ms=");
+    write_ms(out, r.duration);
+    out.extend_from_slice(b" route=");
     match &r.route {
-        Some(route) => write_escaped(out, route.as_bytes())?,
-        None => out.write_all(b"-")?,
+        Some(route) => write_escaped(out, route.as_bytes()),
+        None => out.push(b'-'),
     }
-    out.write_all(b" upstream=")?;
+    out.extend_from_slice(b" upstream=");
     match &r.upstream {
-        Some(u) => write_escaped(out, u.as_bytes())?,
-        None => out.write_all(b"-")?,
+        Some(u) => write_escaped(out, u.as_bytes()),
+        None => out.push(b'-'),
     }
-    out.write_all(b" upstream_ms=")?;
+    out.extend_from_slice(b" upstream_ms=");
     match r.upstream_duration {
-        Some(d) => write_ms(out, d)?,
-        None => out.write_all(b"-")?,
+        Some(d) => write_ms(out, d),
+        None => out.push(b'-'),
     }
-    out.write_all(b"\n")
+    out.push(b'\n');
 }
 
 fn write_json(out: &mut impl Write, r: &AccessRecord) -> io::Result<()> {
@@ -457,7 +474,7 @@ mod tests {
     #[test]
     fn hostile_bytes_are_escaped() {
         let mut out = Vec::new();
-        write_escaped(&mut out, b"a\"b\nc\\\x7f").unwrap();
+        write_escaped(&mut out, b"a\"b\nc\\\x7f");
         assert_eq!(out, b"a\\x22b\\x0ac\\x5c\\x7f");
     }
 }
