@@ -9,8 +9,10 @@
 # run (`-t1 -c10`) and off again. Instructions are divided by the access-log
 # lines written during the counted run (the access log is on, as in proxy.sh).
 #
-# Usage: bench/callgrind.sh [BINARY...]     gatehouse binaries (default: a release build)
-#        bench/callgrind.sh --nginx         the same for an nginx proxy, for scale
+# Usage: bench/callgrind.sh [--targets N] [BINARY...]   gatehouse binaries (default: a release build)
+#        bench/callgrind.sh [--targets N] --nginx       the same for an nginx proxy, for scale
+#        --targets N spreads the load round-robin over N upstream ports (one upstream
+#        nginx), with health checks every 2 s in gatehouse, as proxy.sh --targets does.
 # Env:   KEEP=1 keeps the callgrind output (callgrind.out.*, for callgrind_annotate).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -20,10 +22,19 @@ PROXY_PORT=18191
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 case "${1:-}" in -h | --help) usage; exit 0 ;; esac
+TARGETS=1
+if [[ "${1:-}" == "--targets" ]]; then
+    TARGETS="${2:-}"
+    shift 2 || die "--targets needs a number"
+fi
+[[ "$TARGETS" =~ ^[1-8]$ ]] || die "--targets must be 1 to 8, not '$TARGETS'"
+# The upstream ports: UPSTREAM_PORT, then the ports after PROXY_PORT.
+PORTS=("$UPSTREAM_PORT")
+for ((t = 1; t < TARGETS; t++)); do PORTS+=($((PROXY_PORT + t))); done
 for cmd in valgrind callgrind_control nginx wrk curl; do
     command -v "$cmd" >/dev/null || die "'$cmd' not found (apt-get install -y valgrind nginx wrk curl)"
 done
-for p in "$UPSTREAM_PORT" "$PROXY_PORT"; do
+for p in "${PORTS[@]}" "$PROXY_PORT"; do
     port_busy "$p" && die "127.0.0.1:$p is already in use"
 done
 
@@ -47,7 +58,10 @@ http {
     access_log off;
     keepalive_requests 1000000;
 $(nginx_temp_paths "$TMP/up")
-    server { listen 127.0.0.1:$UPSTREAM_PORT; location / { return 200 "hello world\n"; } }
+    server {
+$(for p in "${PORTS[@]}"; do echo "        listen 127.0.0.1:$p;"; done)
+        location / { return 200 "hello world\n"; }
+    }
 }
 EOF
 cat >"$TMP/ng/nginx.conf" <<EOF
@@ -61,7 +75,11 @@ http {
     access_log $TMP/access.log combined;
     keepalive_requests 1000000;
 $(nginx_temp_paths "$TMP/ng")
-    upstream backend { server 127.0.0.1:$UPSTREAM_PORT; keepalive 64; keepalive_requests 1000000; }
+    upstream backend {
+$(for p in "${PORTS[@]}"; do echo "        server 127.0.0.1:$p;"; done)
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
     server {
         listen 127.0.0.1:$PROXY_PORT;
         location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
@@ -88,7 +106,8 @@ default = true
 keepalive_requests = 1000000
 
 [upstream.backend]
-targets = ["127.0.0.1:$UPSTREAM_PORT"]
+targets = [$(for p in "${PORTS[@]}"; do printf '"127.0.0.1:%d", ' "$p"; done)]
+$( ((TARGETS > 1)) && echo 'health = { path = "/", interval = "2s" }')
 EOF
 
 start upstream 1 nginx -p "$TMP/up/" -e "$TMP/up/error.log" -c "$TMP/up/nginx.conf"
