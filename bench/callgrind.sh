@@ -86,29 +86,7 @@ $(for p in "${PORTS[@]}"; do echo "        server 127.0.0.1:$p;"; done)
     }
 }
 EOF
-cat >"$TMP/gatehouse.toml" <<EOF
-[server]
-http = ["127.0.0.1:$PROXY_PORT"]
-workers = 1
-data_dir = "$TMP/data"
-
-[log]
-level = "warn"
-access_log = "$TMP/access.log"
-
-[[site]]
-default = true
-  [[site.route]]
-  path = "/"
-  upstream = "backend"
-
-[limits]
-keepalive_requests = 1000000
-
-[upstream.backend]
-targets = [$(for p in "${PORTS[@]}"; do printf '"127.0.0.1:%d", ' "$p"; done)]
-$( ((TARGETS > 1)) && echo 'health = { path = "/", interval = "2s" }')
-EOF
+gatehouse_proxy_config "$PROXY_PORT" "$TMP/access.log" "$TMP/data" "${PORTS[@]}" >"$TMP/gatehouse.toml"
 
 start upstream 1 nginx -p "$TMP/up/" -e "$TMP/up/error.log" -c "$TMP/up/nginx.conf"
 for _ in $(seq 1 50); do

@@ -16,6 +16,41 @@ nginx_temp_paths() {
     for d in client_body proxy fastcgi uwsgi scgi; do printf '    %s_temp_path %s/%s;\n' "$d" "$1" "$d"; done
 }
 
+# gatehouse_proxy_config PORT ACCESS_LOG DATA_DIR TARGET_PORT... -> the gatehouse
+# config the proxy benchmarks use: one worker, an access log, one route to an
+# upstream of the given ports (round-robin, health checks every 2 s when there
+# is more than one), connections never recycled (as nginx's keepalive_requests).
+gatehouse_proxy_config() {
+    local port="$1" access_log="$2" data_dir="$3"
+    shift 3
+    cat <<EOF
+[server]
+http = ["127.0.0.1:$port"]
+workers = 1
+data_dir = "$data_dir"
+
+[log]
+level = "warn"
+access_log = "$access_log"
+
+# One site that answers every Host.
+[[site]]
+default = true
+
+  [[site.route]]
+  path = "/"
+  upstream = "backend"
+
+[limits]
+# As nginx's keepalive_requests: wrk's connections are never recycled.
+keepalive_requests = 1000000
+
+[upstream.backend]
+targets = [$(for p in "$@"; do printf '"127.0.0.1:%d", ' "$p"; done)]
+$( (($# > 1)) && echo 'health = { path = "/", interval = "2s" }')
+EOF
+}
+
 int_in_range() { # name value min max
     if ! [[ "$2" =~ ^[0-9]+$ ]] || (($2 < $3 || $2 > $4)); then
         die "--$1 must be an integer in $3..$4, got '$2'"

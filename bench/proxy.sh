@@ -269,37 +269,13 @@ $(for p in "${TARGET_PORTS[@]}"; do
 done)
 EOF
 
-cat >"$TMP/gatehouse.toml" <<EOF
-[server]
-http = ["127.0.0.1:${PORT[gatehouse]}"]
-workers = 1
-
-[log]
-level = "warn"
-access_log = "$TMP/gatehouse-access.log"
-
-# One site that answers every Host.
-[[site]]
-default = true
-
-  [[site.route]]
-  path = "/"
-  upstream = "backend"
-
-[limits]
-# As nginx's keepalive_requests above: wrk's connections are never recycled.
-keepalive_requests = 1000000
-
-[upstream.backend]
-targets = [$(for p in "${TARGET_PORTS[@]}"; do printf '"127.0.0.1:%d", ' "$p"; done)]
-$( ((TARGETS > 1)) && echo 'health = { path = "/", interval = "2s" }')
-EOF
+gatehouse_proxy_config "${PORT[gatehouse]}" "$TMP/gatehouse-access.log" "$TMP/gatehouse-data" "${TARGET_PORTS[@]}" >"$TMP/gatehouse.toml"
 
 # The same proxy with a rate limit (high enough never to refuse, so every
 # request pays for a decision) and a CORS policy matching wrk's Origin header.
 sed -e "s/127.0.0.1:${PORT[gatehouse]}/127.0.0.1:${PORT[policies]}/" \
     -e "s|gatehouse-access.log|policies-access.log|" \
-    -e "s|^workers = 1|workers = 1\ndata_dir = \"$TMP/policies-data\"|" \
+    -e "s|gatehouse-data|policies-data|" \
     -e 's|  upstream = "backend"|  upstream = "backend"\n  rate_limit = "1000000/s per ip"\n  cors = "web"|' \
     "$TMP/gatehouse.toml" >"$TMP/policies.toml"
 cat >>"$TMP/policies.toml" <<EOF
@@ -314,7 +290,7 @@ if want baseline; then
     cp "$GATEHOUSE_BASELINE_BIN" "$TMP/gatehouse-baseline"
     sed -e "s/127.0.0.1:${PORT[gatehouse]}/127.0.0.1:${PORT[baseline]}/" \
         -e "s|gatehouse-access.log|baseline-access.log|" \
-        -e "s|^workers = 1|workers = 1\ndata_dir = \"$TMP/baseline-data\"|" \
+        -e "s|gatehouse-data|baseline-data|" \
         "$TMP/gatehouse.toml" >"$TMP/baseline.toml"
 fi
 
