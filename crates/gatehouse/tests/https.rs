@@ -656,6 +656,47 @@ async fn a_tls_connection_that_sends_nothing_is_closed_after_header_timeout() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_over_tls_is_closed_with_a_goaway() {
+    let dir = TempDir::new("gh-https-h2-idle");
+    let data = dir.0.join("data");
+    let toml = INTERNAL.replace("DATA", data.to_str().unwrap()) + "\n[limits]\nheader_timeout = \"1s\"\n";
+    let (_gh, _http, https) = serve(&toml);
+    let root = std::fs::read_to_string(data.join("certs/ca/root.pem")).unwrap();
+    let tls = wait_for_cert(
+        https,
+        "localhost",
+        client_config(&root, &[b"h2"]),
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get("https://localhost/").body(Empty::<Bytes>::new()).unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        &resp.into_body().collect().await.unwrap().to_bytes()[..],
+        b"hello over tls"
+    );
+    // Idle from here: a GOAWAY between one and two periods later, and the
+    // connection ends cleanly (one cut off without it ends in an error).
+    let idle_since = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the idle connection was closed")
+        .unwrap()
+        .expect("closed with a GOAWAY");
+    let waited = idle_since.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+}
+
 /// The leaf's IPv4-address subjectAltNames.
 fn leaf_ips(tls: &Tls) -> Vec<String> {
     leaf_sans(tls, |name| match name {
