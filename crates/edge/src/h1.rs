@@ -90,6 +90,8 @@ pub(crate) struct Conn {
     buf: BytesMut,
     /// Reused between requests for the request head.
     head: Vec<u8>,
+    /// The header names of the last answers.
+    names: FieldNames,
 }
 
 impl Conn {
@@ -98,6 +100,7 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             head: Vec::with_capacity(512),
+            names: FieldNames::default(),
         }
     }
 
@@ -326,10 +329,45 @@ impl Length {
     }
 }
 
+/// Header names most answers carry at most; later ones are always parsed.
+const REMEMBERED_NAMES: usize = 32;
+
+/// The header names of a connection's last answers, by position. An upstream
+/// sends the same names in the same order answer after answer; a name whose
+/// bytes match the one seen at its position is taken from here instead of
+/// being parsed again (`HeaderName::from_bytes` depends on the bytes alone).
+#[derive(Default)]
+pub(crate) struct FieldNames(Vec<(Box<[u8]>, HeaderName)>);
+
+impl FieldNames {
+    fn name(&mut self, position: usize, raw: &[u8]) -> Result<HeaderName, ExchangeError> {
+        if let Some((seen, name)) = self.0.get(position) {
+            if **seen == *raw {
+                return Ok(name.clone());
+            }
+        }
+        let name = HeaderName::from_bytes(raw).map_err(|_| ExchangeError::Invalid("header name"))?;
+        let entry = (Box::from(raw), name.clone());
+        match position.cmp(&self.0.len()) {
+            std::cmp::Ordering::Less => self.0[position] = entry,
+            std::cmp::Ordering::Equal if position < REMEMBERED_NAMES => self.0.push(entry),
+            _ => {}
+        }
+        Ok(name)
+    }
+}
+
 /// Parses a response head at the start of `buf`. `Ok(None)` when more bytes are
 /// needed (and `buf` is left as it was); on success `buf` is emptied and what
-/// followed the head is in [`ParsedHead::rest`].
+/// followed the head is in [`ParsedHead::rest`]. On an error `buf` holds
+/// whatever is left: the connection is not used again.
+#[cfg(test)]
 pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ExchangeError> {
+    parse_head_with(buf, &mut FieldNames::default())
+}
+
+/// [`parse_head`], with the names of earlier answers on the connection.
+fn parse_head_with(buf: &mut BytesMut, names: &mut FieldNames) -> Result<Option<ParsedHead>, ExchangeError> {
     // Where each field's name and value lie in `buf`: the parse borrows
     // `buf`, and only the head is split off it afterwards, so the buffer's
     // spare room stays with the connection for the next answer.
@@ -378,11 +416,11 @@ pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, Excha
     };
     // Names `Connection` lists, removed at the end (they may come before it).
     let mut listed: Vec<HeaderName> = Vec::new();
-    for &[name_start, name_end, value_start, value_end] in &spans[..fields] {
+    for (position, &[name_start, name_end, value_start, value_end]) in spans[..fields].iter().enumerate() {
         let field = &bytes[name_start as usize..name_end as usize];
         let value_range = value_start as usize..value_end as usize;
         let raw = &bytes[value_range.clone()];
-        let name = HeaderName::from_bytes(field).map_err(|_| ExchangeError::Invalid("header name"))?;
+        let name = names.name(position, field)?;
         match name.as_str() {
             "connection" => {
                 for token in raw.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
@@ -486,7 +524,11 @@ fn write_hex(out: &mut Vec<u8>, mut n: u64) {
 /// head (0 when none did). The parser starts over each time, so after a first
 /// partial head it runs again only once a blank line has arrived: a head
 /// trickling in a byte at a time costs linear, not quadratic, work.
-fn take_head(buf: &mut BytesMut, scanned: &mut usize) -> Result<Option<ParsedHead>, ExchangeError> {
+fn take_head(
+    buf: &mut BytesMut,
+    scanned: &mut usize,
+    names: &mut FieldNames,
+) -> Result<Option<ParsedHead>, ExchangeError> {
     while !buf.is_empty() {
         if *scanned > 0 {
             let new = &buf[scanned.saturating_sub(3)..];
@@ -499,7 +541,7 @@ fn take_head(buf: &mut BytesMut, scanned: &mut usize) -> Result<Option<ParsedHea
                 return Ok(None);
             }
         }
-        let Some(head) = parse_head(buf)? else {
+        let Some(head) = parse_head_with(buf, names)? else {
             *scanned = buf.len();
             return Ok(None);
         };
@@ -588,8 +630,10 @@ pub(crate) fn read_response(data: &[u8], step: usize) -> Result<(StatusCode, Vec
     let mut input = data.chunks(step.max(1));
     let mut buf = BytesMut::new();
     let mut scanned = 0;
+    // Shared by the interim answers and the final one, as on a connection.
+    let mut names = FieldNames::default();
     let mut head = loop {
-        if let Some(head) = take_head(&mut buf, &mut scanned)? {
+        if let Some(head) = take_head(&mut buf, &mut scanned, &mut names)? {
             break head;
         }
         match input.next() {
@@ -822,7 +866,7 @@ impl Exchange {
     fn poll_head(&mut self, cx: &mut Context<'_>) -> Poll<Result<ParsedHead, ExchangeError>> {
         loop {
             self.send.progress(&mut self.conn.io, cx)?;
-            if let Some(mut head) = take_head(&mut self.conn.buf, &mut self.scanned)? {
+            if let Some(mut head) = take_head(&mut self.conn.buf, &mut self.scanned, &mut self.conn.names)? {
                 let (framing, keep_alive) = framing(&self.method, &mut head)?;
                 self.framing = framing;
                 self.switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
