@@ -75,6 +75,9 @@ pub(crate) enum ExchangeError {
     /// The upstream sent nothing of the body for longer than `read_timeout`.
     #[error("no response body bytes for {0:?}")]
     ReadTimeout(std::time::Duration),
+    /// No response head within `response_timeout` of the request going out.
+    #[error("no response head within {0:?}")]
+    ResponseTimeout(std::time::Duration),
     /// The client's request body failed (too large, too slow, or its connection).
     #[error("request body: {0}")]
     RequestBody(#[source] RequestBodyError),
@@ -92,6 +95,10 @@ pub(crate) struct Conn {
     head: Vec<u8>,
     /// The header names of the last answers.
     names: FieldNames,
+    /// The response-head deadline, kept from one exchange to the next:
+    /// moving a pending tokio timer later is one atomic update, where a new
+    /// timer per request is registered and removed under the driver's lock.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Conn {
@@ -101,7 +108,21 @@ impl Conn {
             buf: BytesMut::new(),
             head: Vec::with_capacity(512),
             names: FieldNames::default(),
+            timer: None,
         }
+    }
+
+    /// Sets the connection's timer to `deadline`.
+    fn arm(&mut self, deadline: tokio::time::Instant) {
+        match &mut self.timer {
+            Some(timer) => timer.as_mut().reset(deadline),
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    /// Whether the armed deadline has passed (and if not, wakes the task when it does).
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> bool {
+        self.timer.as_mut().is_some_and(|t| t.as_mut().poll(cx).is_ready())
     }
 
     /// Whether an idle connection can carry another request: the upstream has
@@ -809,12 +830,13 @@ pub(crate) struct Failed {
 
 impl Exchange {
     /// Writes `req` with gatehouse's headers `extra` and `Host: host` on `conn`
-    /// and waits for the response head.
+    /// and waits for the response head, at most `timeout`.
     pub(crate) async fn start(
         mut conn: Conn,
         req: Request<RequestBody>,
         extra: &ProxyHeaders,
         host: &HeaderValue,
+        timeout: Duration,
     ) -> Result<(http::response::Parts, Box<Exchange>), Failed> {
         let (parts, body) = req.into_parts();
         let mut head = std::mem::take(&mut conn.head);
@@ -847,12 +869,18 @@ impl Exchange {
             switching: false,
             scanned: 0,
         });
-        match std::future::poll_fn(|cx| x.poll_head(cx)).await {
+        x.conn.arm(tokio::time::Instant::now() + timeout);
+        let head = std::future::poll_fn(|cx| match x.poll_head(cx) {
+            Poll::Pending if x.conn.poll_deadline(cx) => Poll::Ready(Err(ExchangeError::ResponseTimeout(timeout))),
+            polled => polled,
+        });
+        match head.await {
             Ok(head) => Ok((response_parts(head), x)),
             Err(error) => {
+                // Not after a timeout: the request may still be running.
                 let resendable = !x.answered
                     && !x.send.started
-                    && !matches!(error, ExchangeError::RequestBody(_))
+                    && !matches!(error, ExchangeError::RequestBody(_) | ExchangeError::ResponseTimeout(_))
                     && (crate::handler::is_idempotent(&parts.method) || !x.send.out.wrote);
                 let unsent = resendable.then(|| {
                     let body = x.send.body.take().unwrap_or_else(RequestBody::empty);

@@ -138,7 +138,6 @@ struct UpstreamClient {
     balancer: Balancer,
     /// What the balancer hashes or pins on.
     key: KeyKind,
-    response_timeout: Duration,
     attempts: u32,
     retry_on_status: Vec<u16>,
     /// Largest idempotent request body read ahead so it can be retried.
@@ -264,7 +263,6 @@ impl Worker {
                         .collect(),
                     balancer: Balancer::new(policy, specs),
                     key,
-                    response_timeout: u.response_timeout,
                     attempts: u.retries.attempts,
                     retry_on_status: u.retries.on_status.clone(),
                     retry_buffer: u.retries.buffer,
@@ -780,15 +778,12 @@ impl Worker {
             let may_retry = || (n_tried as u32) < pool.attempts && pool.budget.try_retry();
 
             // Boxed: the exchange's state is built once on the heap instead of
-            // being moved through the timeout and this future's own state.
-            let sent = tokio::time::timeout(
-                pool.response_timeout,
-                Box::pin(target.pool.send(upstream_req, &proxy_headers, &host_header)),
-            )
-            .await;
+            // being moved through this future's own state. The response
+            // timeout is the connection's (`h1.rs`).
+            let sent = Box::pin(target.pool.send(upstream_req, &proxy_headers, &host_header)).await;
             ctx.upstream_duration = Some(start.elapsed());
             match sent {
-                Ok(Ok(resp)) => {
+                Ok(resp) => {
                     let status = resp.status();
                     if status.is_server_error() {
                         health.record_failure();
@@ -810,14 +805,30 @@ impl Worker {
                     }
                     break Some((resp, in_flight, choice));
                 }
-                Ok(Err(_)) if client_fault() => break None,
-                Ok(Err((
+                Err(_) if client_fault() => break None,
+                Err((
+                    SendError::Exchange {
+                        source: ExchangeError::ResponseTimeout(timeout),
+                        ..
+                    },
+                    _,
+                )) => {
+                    health.record_failure();
+                    tracing::warn!(
+                        request_id = ?ctx.request_id, route = %route.name, upstream = %target.pool.target.id,
+                        ?timeout, "Upstream did not send response headers in time."
+                    );
+                    // Not retried: the request may still be running upstream.
+                    last_error = Some((StatusCode::GATEWAY_TIMEOUT, "upstream timed out"));
+                    break None;
+                }
+                Err((
                     SendError::Exchange {
                         source: ExchangeError::RequestBody(e),
                         ..
                     },
                     _,
-                ))) => {
+                )) => {
                     // The client's side failed (it went away mid-body): not the
                     // target's fault, and nothing to retry.
                     tracing::debug!(request_id = ?ctx.request_id, error = %e, "Request body failed.");
@@ -825,7 +836,7 @@ impl Worker {
                     last_error = Some((StatusCode::BAD_REQUEST, "request body could not be read"));
                     break None;
                 }
-                Ok(Err((e, unsent))) => {
+                Err((e, unsent)) => {
                     health.record_failure();
                     tracing::warn!(
                         request_id = ?ctx.request_id, route = %route.name, upstream = %target.pool.target.id,
@@ -837,16 +848,6 @@ impl Worker {
                         pending = again;
                         continue;
                     }
-                    break None;
-                }
-                Err(_) => {
-                    health.record_failure();
-                    tracing::warn!(
-                        request_id = ?ctx.request_id, route = %route.name, upstream = %target.pool.target.id,
-                        timeout = ?pool.response_timeout, "Upstream did not send response headers in time."
-                    );
-                    // Not retried: the request may still be running upstream.
-                    last_error = Some((StatusCode::GATEWAY_TIMEOUT, "upstream timed out"));
                     break None;
                 }
             }

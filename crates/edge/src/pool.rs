@@ -48,6 +48,8 @@ pub(crate) struct TargetPool {
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
+    /// Longest wait from sending a request to its response head.
+    response_timeout: Duration,
     /// Longest pause between two reads of a response body.
     read_timeout: Duration,
 }
@@ -65,6 +67,7 @@ impl TargetPool {
             max_idle: upstream.keepalive,
             idle_timeout: upstream.idle_timeout,
             connect_timeout: upstream.connect_timeout,
+            response_timeout: upstream.response_timeout,
             read_timeout: upstream.read_timeout,
         })
     }
@@ -81,6 +84,7 @@ impl TargetPool {
             && self.max_idle == upstream.keepalive
             && self.idle_timeout == upstream.idle_timeout
             && self.connect_timeout == upstream.connect_timeout
+            && self.response_timeout == upstream.response_timeout
             && self.read_timeout == upstream.read_timeout
     }
 
@@ -146,7 +150,7 @@ impl TargetPool {
     ) -> Result<Response<UpstreamBody>, (SendError, Option<Request<RequestBody>>)> {
         let mut req = req;
         if let Some(conn) = self.take_idle() {
-            match Exchange::start(conn, req, extra, host).await {
+            match Exchange::start(conn, req, extra, host, self.response_timeout).await {
                 Ok((parts, exchange)) => return Ok(self.response(parts, exchange)),
                 Err(Failed {
                     error,
@@ -164,7 +168,7 @@ impl TargetPool {
             Ok(c) => c,
             Err(e) => return Err((e, Some(req))),
         };
-        match Exchange::start(conn, req, extra, host).await {
+        match Exchange::start(conn, req, extra, host, self.response_timeout).await {
             Ok((parts, exchange)) => Ok(self.response(parts, exchange)),
             Err(Failed { error, unsent }) => Err((self.exchange_error(error), unsent)),
         }

@@ -304,6 +304,24 @@ async fn slow_upstream_gives_504() {
         started.elapsed() < Duration::from_secs(2),
         "the 500ms response timeout applied"
     );
+    // Not sent again: the request may still be running upstream.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(up.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn the_response_timeout_starts_again_for_each_request_on_a_connection() {
+    // Each answer takes 300 ms of the 500 ms allowed; the connection's deadline
+    // must move with each request, or the later ones would time out early.
+    let up = Upstream::start(Behavior::Delay(Duration::from_millis(300))).await;
+    let gh = Gatehouse::start(&proxy_config(&format!("\"{}\"", up.addr), ""));
+    for i in 0..6 {
+        let r = get(&gh.url("/"), &[("host", "app.test")]).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // One pool per worker thread: at most two connections carried the six.
+    assert!(up.connections() <= 2, "{} upstream connections", up.connections());
 }
 
 #[tokio::test]
