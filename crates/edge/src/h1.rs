@@ -122,7 +122,14 @@ impl Conn {
 
     /// Whether the armed deadline has passed (and if not, wakes the task when it does).
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> bool {
-        self.timer.as_mut().is_some_and(|t| t.as_mut().poll(cx).is_ready())
+        // Outside tokio's cooperative budget: an exchange kept busy (a flood of
+        // interim answers, a fast upload) may have used it up, and a budgeted
+        // timer would then never look at the clock.
+        self.timer.as_mut().is_some_and(|t| {
+            std::pin::pin!(tokio::task::coop::unconstrained(t.as_mut()))
+                .poll(cx)
+                .is_ready()
+        })
     }
 
     /// Whether an idle connection can carry another request: the upstream has
@@ -328,6 +335,13 @@ pub(crate) struct ParsedHead {
     length: Length,
 }
 
+impl ParsedHead {
+    /// Not an interim answer (`100 Continue`, `103 Early Hints`); `101` is final.
+    fn is_final(&self) -> bool {
+        !self.status.is_informational() || self.status == StatusCode::SWITCHING_PROTOCOLS
+    }
+}
+
 /// The `Content-Length` fields of a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Length {
@@ -352,6 +366,16 @@ impl Length {
 
 /// Header names most answers carry at most; later ones are always parsed.
 const REMEMBERED_NAMES: usize = 32;
+/// Longer names are always parsed, so a connection's memory of names stays small.
+const REMEMBERED_NAME_LEN: usize = 64;
+
+/// `timeout` from now; a timeout too long to add (the config sets no upper
+/// bound) is as good as none.
+fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+}
 
 /// The header names of a connection's last answers, by position. An upstream
 /// sends the same names in the same order answer after answer; a name whose
@@ -368,20 +392,23 @@ impl FieldNames {
             }
         }
         let name = HeaderName::from_bytes(raw).map_err(|_| ExchangeError::Invalid("header name"))?;
-        let entry = (Box::from(raw), name.clone());
-        match position.cmp(&self.0.len()) {
-            std::cmp::Ordering::Less => self.0[position] = entry,
-            std::cmp::Ordering::Equal if position < REMEMBERED_NAMES => self.0.push(entry),
-            _ => {}
+        if raw.len() <= REMEMBERED_NAME_LEN {
+            let entry = || (Box::from(raw), name.clone());
+            match position.cmp(&self.0.len()) {
+                std::cmp::Ordering::Less => self.0[position] = entry(),
+                std::cmp::Ordering::Equal if position < REMEMBERED_NAMES => self.0.push(entry()),
+                _ => {}
+            }
         }
         Ok(name)
     }
 }
 
 /// Parses a response head at the start of `buf`. `Ok(None)` when more bytes are
-/// needed (and `buf` is left as it was); on success `buf` is emptied and what
-/// followed the head is in [`ParsedHead::rest`]. On an error `buf` holds
-/// whatever is left: the connection is not used again.
+/// needed (and `buf` is left as it was); on success the head is taken off
+/// `buf`, and after a final head (not `1xx`, or `101`) what followed it is
+/// moved to [`ParsedHead::rest`]. On an error `buf` holds whatever is left: the
+/// connection is not used again.
 #[cfg(test)]
 pub(crate) fn parse_head(buf: &mut BytesMut) -> Result<Option<ParsedHead>, ExchangeError> {
     parse_head_with(buf, &mut FieldNames::default())
@@ -480,8 +507,11 @@ fn parse_head_with(buf: &mut BytesMut, names: &mut FieldNames) -> Result<Option<
             }
         }
     }
-    // What followed the head; `buf` keeps its spare room.
-    head.rest = buf.split().freeze();
+    // What followed a final head; `buf` keeps its spare room. After an interim
+    // answer the next head follows in `buf`, where it stays.
+    if head.is_final() {
+        head.rest = buf.split().freeze();
+    }
     Ok(Some(head))
 }
 
@@ -567,10 +597,9 @@ fn take_head(
             return Ok(None);
         };
         *scanned = 0;
-        if !head.status.is_informational() || head.status == StatusCode::SWITCHING_PROTOCOLS {
+        if head.is_final() {
             return Ok(Some(head));
         }
-        *buf = BytesMut::from(&head.rest[..]);
     }
     Ok(None)
 }
@@ -869,7 +898,7 @@ impl Exchange {
             switching: false,
             scanned: 0,
         });
-        x.conn.arm(tokio::time::Instant::now() + timeout);
+        x.conn.arm(deadline_after(timeout));
         let head = std::future::poll_fn(|cx| match x.poll_head(cx) {
             Poll::Pending if x.conn.poll_deadline(cx) => Poll::Ready(Err(ExchangeError::ResponseTimeout(timeout))),
             polled => polled,
@@ -1060,7 +1089,7 @@ impl Body for UpstreamBody {
         let polled = x.poll_data(cx);
         let waited = this.timer.is_some();
         let Poll::Ready(polled) = polled else {
-            let deadline = tokio::time::Instant::now() + this.read_timeout;
+            let deadline = deadline_after(this.read_timeout);
             let timer = this
                 .timer
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -1076,7 +1105,7 @@ impl Body for UpstreamBody {
         };
         if waited {
             if let Some(timer) = this.timer.as_mut() {
-                timer.as_mut().reset(tokio::time::Instant::now() + this.read_timeout);
+                timer.as_mut().reset(deadline_after(this.read_timeout));
             }
         }
         match polled {

@@ -138,6 +138,8 @@ struct UpstreamClient {
     balancer: Balancer,
     /// What the balancer hashes or pins on.
     key: KeyKind,
+    /// Longest wait from sending a request to its response head.
+    response_timeout: Duration,
     attempts: u32,
     retry_on_status: Vec<u16>,
     /// Largest idempotent request body read ahead so it can be retried.
@@ -263,6 +265,7 @@ impl Worker {
                         .collect(),
                     balancer: Balancer::new(policy, specs),
                     key,
+                    response_timeout: u.response_timeout,
                     attempts: u.retries.attempts,
                     retry_on_status: u.retries.on_status.clone(),
                     retry_buffer: u.retries.buffer,
@@ -779,8 +782,13 @@ impl Worker {
 
             // Boxed: the exchange's state is built once on the heap instead of
             // being moved through this future's own state. The response
-            // timeout is the connection's (`h1.rs`).
-            let sent = Box::pin(target.pool.send(upstream_req, &proxy_headers, &host_header)).await;
+            // timeout runs on the connection's timer (`h1.rs`).
+            let sent = Box::pin(
+                target
+                    .pool
+                    .send(upstream_req, &proxy_headers, &host_header, pool.response_timeout),
+            )
+            .await;
             ctx.upstream_duration = Some(start.elapsed());
             match sent {
                 Ok(resp) => {

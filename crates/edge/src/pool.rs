@@ -48,8 +48,6 @@ pub(crate) struct TargetPool {
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
-    /// Longest wait from sending a request to its response head.
-    response_timeout: Duration,
     /// Longest pause between two reads of a response body.
     read_timeout: Duration,
 }
@@ -67,7 +65,6 @@ impl TargetPool {
             max_idle: upstream.keepalive,
             idle_timeout: upstream.idle_timeout,
             connect_timeout: upstream.connect_timeout,
-            response_timeout: upstream.response_timeout,
             read_timeout: upstream.read_timeout,
         })
     }
@@ -84,7 +81,6 @@ impl TargetPool {
             && self.max_idle == upstream.keepalive
             && self.idle_timeout == upstream.idle_timeout
             && self.connect_timeout == upstream.connect_timeout
-            && self.response_timeout == upstream.response_timeout
             && self.read_timeout == upstream.read_timeout
     }
 
@@ -135,7 +131,8 @@ impl TargetPool {
     }
 
     /// Sends `req`, with gatehouse's own headers `extra` and `Host: host`, on a pooled or new
-    /// connection and waits for the response head.
+    /// connection and waits for the response head, at most `timeout` from the
+    /// request going out on the connection that answers.
     ///
     /// A pooled connection that fails before any answer (the upstream closed it
     /// as the request went out) is replaced once by a new connection when the
@@ -147,10 +144,11 @@ impl TargetPool {
         req: Request<RequestBody>,
         extra: &ProxyHeaders,
         host: &HeaderValue,
+        timeout: Duration,
     ) -> Result<Response<UpstreamBody>, (SendError, Option<Request<RequestBody>>)> {
         let mut req = req;
         if let Some(conn) = self.take_idle() {
-            match Exchange::start(conn, req, extra, host, self.response_timeout).await {
+            match Exchange::start(conn, req, extra, host, timeout).await {
                 Ok((parts, exchange)) => return Ok(self.response(parts, exchange)),
                 Err(Failed {
                     error,
@@ -168,7 +166,7 @@ impl TargetPool {
             Ok(c) => c,
             Err(e) => return Err((e, Some(req))),
         };
-        match Exchange::start(conn, req, extra, host, self.response_timeout).await {
+        match Exchange::start(conn, req, extra, host, timeout).await {
             Ok((parts, exchange)) => Ok(self.response(parts, exchange)),
             Err(Failed { error, unsent }) => Err((self.exchange_error(error), unsent)),
         }

@@ -196,6 +196,31 @@ async fn interim_answers_are_skipped() {
 }
 
 #[tokio::test]
+async fn a_flood_of_interim_answers_still_times_out() {
+    // Never a final answer, and always more bytes to read: the exchange stays
+    // busy, and its deadline must fire all the same.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = Scripted::new(listener.local_addr().unwrap().to_string());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head).await;
+                let flood = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(256);
+                while stream.write_all(&flood).await.is_ok() {}
+            });
+        }
+    });
+    let gh = up.gatehouse();
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), get(&gh.url("/"), &[]))
+        .await
+        .expect("the response timeout fired");
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
 async fn broken_answers_give_502() {
     for answer in [
         &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"[..],

@@ -228,28 +228,45 @@ fn hop_by_hop_fields_stay_out_of_the_answer() {
 
 #[test]
 fn names_remembered_from_earlier_answers_never_change_what_is_read() {
-    let mut names = FieldNames::default();
-    let mut parse = |raw: &str| {
+    fn read(names: &mut FieldNames, raw: &str) -> Result<HeaderMap, ExchangeError> {
         let mut buf = BytesMut::from(raw.as_bytes());
-        parse_head_with(&mut buf, &mut names).map(|h| h.expect("complete head").headers)
-    };
-    let first = parse("HTTP/1.1 200 OK\r\nServer: a\r\nX-Custom: 1\r\nContent-Length: 0\r\n\r\n").unwrap();
-    let again = parse("HTTP/1.1 200 OK\r\nServer: a\r\nX-Custom: 1\r\nContent-Length: 0\r\n\r\n").unwrap();
+        parse_head_with(&mut buf, names).map(|h| h.expect("complete head").headers)
+    }
+    let mut names = FieldNames::default();
+    let first = read(
+        &mut names,
+        "HTTP/1.1 200 OK\r\nServer: a\r\nX-Custom: 1\r\nContent-Length: 0\r\n\r\n",
+    )
+    .unwrap();
+    let again = read(
+        &mut names,
+        "HTTP/1.1 200 OK\r\nServer: a\r\nX-Custom: 1\r\nContent-Length: 0\r\n\r\n",
+    )
+    .unwrap();
     assert_eq!(first, again);
     assert_eq!(again.get("x-custom").unwrap(), "1");
     // Other names, and other spellings, at the same positions.
-    let other = parse("HTTP/1.1 200 OK\r\nX-Other: 2\r\nSERVER: b\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let other = read(
+        &mut names,
+        "HTTP/1.1 200 OK\r\nX-Other: 2\r\nSERVER: b\r\nContent-Length: 0\r\n\r\n",
+    )
+    .unwrap();
     assert_eq!(other.get("x-other").unwrap(), "2");
     assert_eq!(other.get("server").unwrap(), "b");
     assert!(other.get("x-custom").is_none(), "{other:?}");
     // A bad name where a good one was remembered is still an error.
-    assert!(parse("HTTP/1.1 200 OK\r\nX Other: 2\r\n\r\n").is_err());
+    assert!(read(&mut names, "HTTP/1.1 200 OK\r\nX Other: 2\r\n\r\n").is_err());
     // Longer heads than are remembered read the same.
     let long: String = (0..40).map(|i| format!("x-{i}: {i}\r\n")).collect();
     for _ in 0..2 {
-        let h = parse(&format!("HTTP/1.1 200 OK\r\n{long}\r\n")).unwrap();
+        let h = read(&mut names, &format!("HTTP/1.1 200 OK\r\n{long}\r\n")).unwrap();
         assert_eq!(h.len(), 40);
         assert_eq!(h.get("x-39").unwrap(), "39");
     }
     assert_eq!(names.0.len(), REMEMBERED_NAMES);
+    // Long names are read but not kept.
+    let long_name = "x".repeat(REMEMBERED_NAME_LEN + 1);
+    let h = read(&mut names, &format!("HTTP/1.1 200 OK\r\n{long_name}: 1\r\n\r\n")).unwrap();
+    assert_eq!(h.get(long_name.as_str()).unwrap(), "1");
+    assert!(names.0.iter().all(|(raw, _)| raw.len() <= REMEMBERED_NAME_LEN));
 }
