@@ -134,6 +134,26 @@ pub(crate) struct Entered {
 }
 
 impl Entered {
+    /// Completes once the drain has started: for the work before the
+    /// connection is served (a TLS handshake, waiting for the first bytes),
+    /// which has nothing to finish and simply stops.
+    pub(crate) async fn stopped(&self) {
+        std::future::poll_fn(|cx| {
+            if let Some(slot) = self.inner.conns().get_mut(&self.id) {
+                if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *slot = Some(cx.waker().clone());
+                }
+            }
+            // Read after the waker is in place, as in `Draining::poll`.
+            if self.inner.stopping.load(Ordering::SeqCst) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+
     /// Serves `conn` until it ends, asking it to finish when the drain starts or,
     /// with `idle`, when the HTTP/2 connection has been idle for the period.
     pub(crate) fn serve<C: Graceful>(self, conn: C, idle: Option<(Arc<Activity>, Duration)>) -> Draining<C> {
@@ -299,6 +319,35 @@ mod tests {
             .await
             .expect("the drain ends with its last connection");
         assert_eq!(drain.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn work_before_serving_stops_when_the_drain_starts() {
+        let drain = Drain::default();
+        let entered = drain.enter();
+        let waiting = tokio::spawn(async move {
+            entered.stopped().await;
+            entered
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        let shutdown = drain.shutdown();
+        tokio::pin!(shutdown);
+        // The drain starts, and waits for this connection...
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut shutdown)
+                .await
+                .is_err()
+        );
+        // ...which it woke; dropping it (the connection given up) ends the drain.
+        let entered = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("woken by the drain")
+            .unwrap();
+        drop(entered);
+        tokio::time::timeout(Duration::from_secs(1), shutdown)
+            .await
+            .expect("the drain ends with it");
     }
 
     #[tokio::test]

@@ -559,7 +559,6 @@ async fn accept_loop(
         drop(worker_now);
         let current = current.clone();
         let entered = drain.enter();
-        let mut stopping = shutdown.clone();
         if let Some(tls) = &tls {
             let tls = tls.clone();
             tokio::spawn(async move {
@@ -569,7 +568,7 @@ async fn accept_loop(
                     peer,
                     peer_info,
                 };
-                crate::tls::serve_connection(tls, accepted, header_timeout, current, builder, entered, stopping).await;
+                crate::tls::serve_connection(tls, accepted, header_timeout, current, builder, entered).await;
             });
             continue;
         }
@@ -577,7 +576,7 @@ async fn accept_loop(
             let _slot = slot;
             let first = tokio::select! {
                 first = first_bytes(&stream, header_timeout) => first,
-                _ = stopping.wait_for(|stop| *stop) => None,
+                () = entered.stopped() => None,
             };
             let Some(http2) = first else {
                 return;

@@ -26,7 +26,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::server::Acceptor;
 use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
@@ -145,7 +144,6 @@ pub(crate) async fn serve_connection(
     current: Arc<ArcSwap<Worker>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     entered: Entered,
-    mut stop: watch::Receiver<bool>,
 ) {
     let Accepted {
         stream,
@@ -154,7 +152,7 @@ pub(crate) async fn serve_connection(
     } = accepted;
     let handshake = tokio::select! {
         hs = tokio::time::timeout(header_timeout, tls.handshake(stream)) => hs,
-        _ = stop.wait_for(|stop| *stop) => return,
+        () = entered.stopped() => return,
     };
     let stream = match handshake {
         Ok(Ok(s)) => s,
@@ -206,7 +204,7 @@ pub(crate) async fn serve_connection(
                 false
             }
         },
-        _ = stop.wait_for(|stop| *stop) => false,
+        () = entered.stopped() => false,
     };
     if !first {
         return;
