@@ -76,6 +76,14 @@ impl Inner {
         // The map stays consistent whatever panicked while holding it.
         self.conns.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Wakes every connection that has been polled (outside the lock).
+    fn wake_all(&self) {
+        let wakers: Vec<Waker> = self.conns().values().flatten().cloned().collect();
+        for waker in wakers {
+            waker.wake();
+        }
+    }
 }
 
 impl Drain {
@@ -86,6 +94,7 @@ impl Drain {
         Entered {
             inner: self.inner.clone(),
             id,
+            waker: None,
         }
     }
 
@@ -102,16 +111,10 @@ impl Drain {
         // notification cannot slip in between.
         ended.as_mut().enable();
         self.inner.stopping.store(true, Ordering::SeqCst);
-        let wakers: Vec<Waker> = {
-            let conns = self.inner.conns();
-            if conns.is_empty() {
-                return;
-            }
-            conns.values().flatten().cloned().collect()
-        };
-        for waker in wakers {
-            waker.wake();
+        if self.inner.conns().is_empty() {
+            return;
         }
+        self.inner.wake_all();
         ended.await;
     }
 
@@ -120,10 +123,7 @@ impl Drain {
     pub(crate) fn force(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         self.inner.force.store(true, Ordering::SeqCst);
-        let wakers: Vec<Waker> = self.inner.conns().values().flatten().cloned().collect();
-        for waker in wakers {
-            waker.wake();
-        }
+        self.inner.wake_all();
     }
 }
 
@@ -131,21 +131,32 @@ impl Drain {
 pub(crate) struct Entered {
     inner: Arc<Inner>,
     id: u64,
+    /// The waker last handed to the drain.
+    waker: Option<Waker>,
 }
 
 impl Entered {
+    /// Whether the drain has started; until it has, the drain holds this
+    /// task's waker (handed over again only when it changes).
+    fn poll_stopping(&mut self, cx: &Context<'_>) -> bool {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            let waker = cx.waker().clone();
+            if let Some(slot) = self.inner.conns().get_mut(&self.id) {
+                *slot = Some(waker.clone());
+            }
+            self.waker = Some(waker);
+        }
+        // Read after the waker is in place: a drain that started before it
+        // was either sees it or is seen here.
+        self.inner.stopping.load(Ordering::SeqCst)
+    }
+
     /// Completes once the drain has started: for the work before the
     /// connection is served (a TLS handshake, waiting for the first bytes),
     /// which has nothing to finish and simply stops.
-    pub(crate) async fn stopped(&self) {
+    pub(crate) async fn stopped(&mut self) {
         std::future::poll_fn(|cx| {
-            if let Some(slot) = self.inner.conns().get_mut(&self.id) {
-                if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    *slot = Some(cx.waker().clone());
-                }
-            }
-            // Read after the waker is in place, as in `Draining::poll`.
-            if self.inner.stopping.load(Ordering::SeqCst) {
+            if self.poll_stopping(cx) {
                 Poll::Ready(())
             } else {
                 Poll::Pending
@@ -160,7 +171,6 @@ impl Entered {
         Draining {
             conn,
             entered: self,
-            waker: None,
             asked: false,
             went_idle: false,
             idle: idle.map(|(activity, period)| {
@@ -190,7 +200,6 @@ pin_project_lite::pin_project! {
         #[pin]
         conn: C,
         entered: Entered,
-        waker: Option<Waker>,
         asked: bool,
         went_idle: bool,
         idle: Option<Pin<Box<dyn Future<Output = Duration> + Send>>>,
@@ -214,18 +223,7 @@ impl<C: Graceful> Future for Draining<C> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         if !*this.asked {
-            let inner = &this.entered.inner;
-            if !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                // First poll (or a new task): the drain wakes this one.
-                let waker = cx.waker().clone();
-                if let Some(slot) = inner.conns().get_mut(&this.entered.id) {
-                    *slot = Some(waker.clone());
-                }
-                *this.waker = Some(waker);
-            }
-            // Checked after the waker is in place: a drain that started before
-            // it was either sees it or is seen here.
-            if inner.stopping.load(Ordering::SeqCst) {
+            if this.entered.poll_stopping(cx) {
                 *this.asked = true;
                 this.conn.as_mut().graceful_shutdown();
             } else if let Some(idle) = this.idle.as_mut() {
@@ -279,6 +277,13 @@ mod tests {
         }
     }
 
+    /// Whether `shutdown` has still not completed 100 ms on.
+    async fn still_waiting(shutdown: impl Future<Output = ()>) -> bool {
+        tokio::time::timeout(Duration::from_millis(100), shutdown)
+            .await
+            .is_err()
+    }
+
     fn stubborn() -> Conn {
         Conn {
             asked: false,
@@ -305,11 +310,7 @@ mod tests {
         let shutdown = drain.shutdown();
         tokio::pin!(shutdown);
         // The served connection finishes; the other one is still counted.
-        assert!(
-            tokio::time::timeout(Duration::from_millis(100), &mut shutdown)
-                .await
-                .is_err()
-        );
+        assert!(still_waiting(&mut shutdown).await);
         let ended = served.await.unwrap();
         assert_eq!((ended.output, ended.idle), (Some("finished"), false));
         assert_eq!(drain.count(), 1);
@@ -324,7 +325,7 @@ mod tests {
     #[tokio::test]
     async fn work_before_serving_stops_when_the_drain_starts() {
         let drain = Drain::default();
-        let entered = drain.enter();
+        let mut entered = drain.enter();
         let waiting = tokio::spawn(async move {
             entered.stopped().await;
             entered
@@ -334,11 +335,7 @@ mod tests {
         let shutdown = drain.shutdown();
         tokio::pin!(shutdown);
         // The drain starts, and waits for this connection...
-        assert!(
-            tokio::time::timeout(Duration::from_millis(50), &mut shutdown)
-                .await
-                .is_err()
-        );
+        assert!(still_waiting(&mut shutdown).await);
         // ...which it woke; dropping it (the connection given up) ends the drain.
         let entered = tokio::time::timeout(Duration::from_secs(1), waiting)
             .await
@@ -403,9 +400,7 @@ mod tests {
         let served = tokio::spawn(drain.enter().serve(stubborn(), None));
         tokio::task::yield_now().await;
         assert!(
-            tokio::time::timeout(Duration::from_millis(100), drain.shutdown())
-                .await
-                .is_err(),
+            still_waiting(drain.shutdown()).await,
             "a connection that does not finish keeps the drain waiting"
         );
         drain.force();

@@ -558,7 +558,7 @@ async fn accept_loop(
         let peer_info = PeerInfo::new(peer.ip(), &shared.config.server.trusted_proxies);
         drop(worker_now);
         let current = current.clone();
-        let entered = drain.enter();
+        let mut entered = drain.enter();
         if let Some(tls) = &tls {
             let tls = tls.clone();
             tokio::spawn(async move {

@@ -143,7 +143,7 @@ pub(crate) async fn serve_connection(
     header_timeout: Duration,
     current: Arc<ArcSwap<Worker>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    entered: Entered,
+    mut entered: Entered,
 ) {
     let Accepted {
         stream,
