@@ -95,9 +95,10 @@ pub(crate) struct Conn {
     head: Vec<u8>,
     /// The header names of the last answers.
     names: FieldNames,
-    /// The response-head deadline, kept from one exchange to the next:
-    /// moving a pending tokio timer later is one atomic update, where a new
-    /// timer per request is registered and removed under the driver's lock.
+    /// The response-head deadline, then the response body's read timeout;
+    /// kept from one exchange to the next: moving a pending tokio timer later
+    /// is one atomic update, where a new timer per request is registered and
+    /// removed under the driver's lock.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -1034,9 +1035,10 @@ pub(crate) struct UpstreamBody {
     exchange: Option<Box<Exchange>>,
     pool: Arc<TargetPool>,
     read_timeout: Duration,
-    /// Armed the first time the body has to wait for the upstream, then
-    /// pushed back whenever bytes arrive.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Whether the connection's timer counts `read_timeout`: set the first
+    /// time the body has to wait for the upstream, then pushed back whenever
+    /// bytes arrive.
+    waited: bool,
 }
 
 impl UpstreamBody {
@@ -1045,7 +1047,7 @@ impl UpstreamBody {
             exchange: Some(exchange),
             pool,
             read_timeout,
-            timer: None,
+            waited: false,
         };
         if body.is_end_stream() && !body.exchange.as_ref().is_some_and(|x| x.switching) {
             // Nothing to read (HEAD, 204, 304, an empty body): reusable now.
@@ -1086,14 +1088,12 @@ impl Body for UpstreamBody {
             this.exchange = None;
             return Poll::Ready(Some(Err(e)));
         }
-        let polled = x.poll_data(cx);
-        let waited = this.timer.is_some();
-        let Poll::Ready(polled) = polled else {
-            let deadline = deadline_after(this.read_timeout);
-            let timer = this
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-            if timer.as_mut().poll(cx).is_ready() {
+        let Poll::Ready(polled) = x.poll_data(cx) else {
+            if !this.waited {
+                this.waited = true;
+                x.conn.arm(deadline_after(this.read_timeout));
+            }
+            if x.conn.poll_deadline(cx) {
                 tracing::warn!(
                     upstream = %this.pool.target.id, timeout = ?this.read_timeout,
                     "Upstream sent no response body bytes in time; the response is cut off."
@@ -1103,10 +1103,8 @@ impl Body for UpstreamBody {
             }
             return Poll::Pending;
         };
-        if waited {
-            if let Some(timer) = this.timer.as_mut() {
-                timer.as_mut().reset(deadline_after(this.read_timeout));
-            }
+        if this.waited {
+            x.conn.arm(deadline_after(this.read_timeout));
         }
         match polled {
             Some(Ok(data)) => {

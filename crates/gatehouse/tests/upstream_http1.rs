@@ -553,6 +553,30 @@ async fn expect_continue_reaches_the_upstream_and_the_body_follows() {
 }
 
 #[tokio::test]
+async fn a_body_with_pauses_shorter_than_read_timeout_arrives_whole() {
+    // Five pieces 150 ms apart: 600 ms in all, twice the read timeout, but
+    // never a 300 ms pause. The deadline moves with every piece.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = Scripted::new(listener.local_addr().unwrap().to_string());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head).await;
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 25\r\n\r\n").await;
+                for piece in ["piece", "piece", "piece", "piece", "piece"] {
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    let _ = stream.write_all(piece.as_bytes()).await;
+                }
+            });
+        }
+    });
+    let gh = up.gatehouse_with(r#"read_timeout = "300ms""#);
+    let r = get(&gh.url("/"), &[]).await;
+    assert_eq!((r.status.as_u16(), r.text()), (200, "piece".repeat(5)));
+}
+
+#[tokio::test]
 async fn an_upstream_silent_mid_body_is_cut_off_after_read_timeout() {
     // Promises ten bytes, sends five, then neither sends nor closes.
     let up = Scripted::start(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello", After::KeepOpen).await;
