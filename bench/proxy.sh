@@ -518,15 +518,20 @@ clean_rows() {
         END { if (k) for (i = 1; i <= k; i++) print clean[i]; else for (i = 1; i <= n; i++) print all[i] }' "$RESULTS"
 }
 
-# stat_col SERVER COLUMN -> "median min max" over the server's clean runs
-stat_col() {
-    clean_rows "$1" | awk -F'\t' -v c="$2" '{ print $c }' | sort -g | awk '
+# median_min_max: numbers on stdin, one per line -> "median min max" ("- - -" for none)
+median_min_max() {
+    sort -g | awk '
         { v[NR] = $1 }
         END {
             if (NR == 0) { print "- - -"; exit }
             m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
             print m, v[1], v[NR]
         }'
+}
+
+# stat_col SERVER COLUMN -> "median min max" over the server's clean runs
+stat_col() {
+    clean_rows "$1" | awk -F'\t' -v c="$2" '{ print $c }' | median_min_max
 }
 
 # round_ratios PEER -> "median min max" of gatehouse's req/s over PEER's, each
@@ -537,13 +542,7 @@ round_ratios() {
     { clean_rows gatehouse; clean_rows "$1"; } | awk -F'\t' -v p="$1" '
         $2 == "gatehouse" { g[$1] = $3 }
         $2 == p { q[$1] = $3 }
-        END { for (r in g) if ((r in q) && q[r] > 0) print g[r] / q[r] }' | sort -g | awk '
-        { v[NR] = $1 }
-        END {
-            if (NR == 0) { print "- - -"; exit }
-            m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-            print m, v[1], v[NR]
-        }'
+        END { for (r in g) if ((r in q) && q[r] > 0) print g[r] / q[r] }' | median_min_max
 }
 
 # runs_used SERVER -> "2/3": runs the medians are taken from / runs made
