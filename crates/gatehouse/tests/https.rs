@@ -630,14 +630,22 @@ async fn certificates_follow_reload_and_bad_files_refuse_it() {
     );
 }
 
+/// The internal-CA config with `header_timeout = "1s"`, served from a data
+/// directory in a new temporary directory named `name`: the directory (kept
+/// alive by the caller), the process, its HTTPS address and the CA's root.
+fn serve_internal_with_1s_header_timeout(name: &str) -> (TempDir, Process, SocketAddr, String) {
+    let dir = TempDir::new(name);
+    let data = dir.0.join("data");
+    let toml = INTERNAL.replace("DATA", data.to_str().unwrap()) + "\n[limits]\nheader_timeout = \"1s\"\n";
+    let (gh, _http, https) = serve(&toml);
+    let root = std::fs::read_to_string(data.join("certs/ca/root.pem")).unwrap();
+    (dir, gh, https, root)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_connection_that_sends_nothing_is_closed_after_header_timeout() {
     use tokio::io::AsyncReadExt;
-    let dir = TempDir::new("gh-https-idle");
-    let data = dir.0.join("data");
-    let toml = INTERNAL.replace("DATA", data.to_str().unwrap()) + "\n[limits]\nheader_timeout = \"1s\"\n";
-    let (_gh, _http, https) = serve(&toml);
-    let root = std::fs::read_to_string(data.join("certs/ca/root.pem")).unwrap();
+    let (_dir, _gh, https, root) = serve_internal_with_1s_header_timeout("gh-https-idle");
     for alpn in [&b"http/1.1"[..], b"h2"] {
         let config = client_config(&root, &[alpn]);
         let mut tls = wait_for_cert(https, "localhost", config, Duration::from_secs(15)).await;
@@ -658,11 +666,7 @@ async fn a_tls_connection_that_sends_nothing_is_closed_after_header_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http2_connection_over_tls_is_closed_with_a_goaway() {
-    let dir = TempDir::new("gh-https-h2-idle");
-    let data = dir.0.join("data");
-    let toml = INTERNAL.replace("DATA", data.to_str().unwrap()) + "\n[limits]\nheader_timeout = \"1s\"\n";
-    let (_gh, _http, https) = serve(&toml);
-    let root = std::fs::read_to_string(data.join("certs/ca/root.pem")).unwrap();
+    let (_dir, _gh, https, root) = serve_internal_with_1s_header_timeout("gh-https-h2-idle");
     let tls = wait_for_cert(
         https,
         "localhost",
