@@ -91,6 +91,10 @@ impl Watch {
     }
 }
 
+/// A client's request body as its connection delivers it: hyper's stream, or
+/// `None` for a request without a body (see `front.rs`).
+pub(crate) type ClientBody = Option<Incoming>;
+
 pin_project! {
     /// A client's request body on its way upstream, counting bytes for the
     /// access log when it is on, and enforcing the size and rate limits. Empty
@@ -106,9 +110,9 @@ pin_project! {
 }
 
 impl RequestBody {
-    pub(crate) fn new(inner: Incoming, counter: Option<Arc<AtomicU64>>) -> Self {
+    pub(crate) fn new(inner: ClientBody, counter: Option<Arc<AtomicU64>>) -> Self {
         Self {
-            inner: Some(inner),
+            inner,
             counter,
             watch: None,
             buffered: None,

@@ -53,6 +53,20 @@ where
     }
 }
 
+impl<I, S, B> Graceful for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: Read + Write + Unpin + Send + 'static,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+    Self: Future,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
 /// The connections one accept loop is responsible for.
 #[derive(Default)]
 pub(crate) struct Drain {
@@ -138,7 +152,7 @@ pub(crate) struct Entered {
 impl Entered {
     /// Whether the drain has started; until it has, the drain holds this
     /// task's waker (handed over again only when it changes).
-    fn poll_stopping(&mut self, cx: &Context<'_>) -> bool {
+    pub(crate) fn poll_stopping(&mut self, cx: &Context<'_>) -> bool {
         if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             let waker = cx.waker().clone();
             if let Some(slot) = self.inner.conns().get_mut(&self.id) {
@@ -149,6 +163,11 @@ impl Entered {
         // Read after the waker is in place: a drain that started before it
         // was either sees it or is seen here.
         self.inner.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Whether the drain's deadline has passed: the connection must end now.
+    pub(crate) fn is_forced(&self) -> bool {
+        self.inner.force.load(Ordering::SeqCst)
     }
 
     /// Completes once the drain has started: for the work before the

@@ -372,7 +372,7 @@ const REMEMBERED_NAME_LEN: usize = 64;
 
 /// `timeout` from now; a timeout too long to add (the config sets no upper
 /// bound) is as good as none.
-fn deadline_after(timeout: Duration) -> tokio::time::Instant {
+pub(crate) fn deadline_after(timeout: Duration) -> tokio::time::Instant {
     let now = tokio::time::Instant::now();
     now.checked_add(timeout)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
@@ -386,7 +386,7 @@ fn deadline_after(timeout: Duration) -> tokio::time::Instant {
 pub(crate) struct FieldNames(Vec<(Box<[u8]>, HeaderName)>);
 
 impl FieldNames {
-    fn name(&mut self, position: usize, raw: &[u8]) -> Result<HeaderName, ExchangeError> {
+    pub(crate) fn name(&mut self, position: usize, raw: &[u8]) -> Result<HeaderName, ExchangeError> {
         if let Some((seen, name)) = self.0.get(position) {
             if **seen == *raw {
                 return Ok(name.clone());

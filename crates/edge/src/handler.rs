@@ -28,12 +28,13 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use gatehouse_policy::{ConcurrencyGuard, Decision};
 
-use crate::body::{BodyFault, BodyRules, InFlight, PendingLog, RequestBody, RequestBodyError, ResponseBody};
+use crate::body::{
+    BodyFault, BodyRules, ClientBody, InFlight, PendingLog, RequestBody, RequestBodyError, ResponseBody,
+};
 use crate::forwarding::{self, PeerInfo, ProxyHeaders, X_REQUEST_ID};
 use crate::h1::ExchangeError;
 use crate::idle::Activity;
@@ -56,8 +57,12 @@ pub(crate) struct Shared {
     pub(crate) cookie_keys: std::collections::HashMap<String, Vec<u8>>,
     /// Rate limiters, upstream concurrency limits, connection counts.
     pub(crate) policies: PolicySet,
-    /// HTTP/1 and HTTP/2 settings of client connections (from `[limits]`).
+    /// HTTP/2 settings of client connections (from `[limits]`): prior
+    /// knowledge, and HTTPS connections whose ALPN chose `h2`.
     pub(crate) http: Arc<hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>>,
+    /// HTTP/1.1 settings of the client connections hyper serves: HTTPS ones,
+    /// and plain ones handed over by `front.rs`. Never switches to HTTP/2.
+    pub(crate) http1: Arc<hyper::server::conn::http1::Builder>,
     /// Per-site HTTPS rules (redirects, HSTS, SNI check, ACME answers).
     pub(crate) tls: crate::tls::SitesTls,
 }
@@ -110,6 +115,7 @@ impl Shared {
             router: Router::new(&config)?,
             policies: PolicySet::new(&config, previous.map(|p| &p.policies))?,
             http: Arc::new(crate::server::http_builder(&config.limits)),
+            http1: Arc::new(crate::server::http1_builder(&config.limits)),
             config,
             access_log,
             health,
@@ -295,7 +301,7 @@ impl Worker {
 
     /// Handles one request from a client connection. Never fails: every problem
     /// becomes a response.
-    pub(crate) async fn handle(&self, conn: &ConnCtx, req: Request<Incoming>) -> Response<ResponseBody> {
+    pub(crate) async fn handle(&self, conn: &ConnCtx, req: Request<ClientBody>) -> Response<ResponseBody> {
         // Open on its HTTP/2 connection until the response body ends.
         let open = conn.activity.as_ref().map(Activity::begin);
         let start = Instant::now();
@@ -317,8 +323,8 @@ impl Worker {
             Some(a) => HeaderValue::from_str(a.as_str()).ok(),
             None => req.headers().get(header::HOST).cloned(),
         };
-        let bytes_in =
-            (self.shared.access_log.is_some() && !req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
+        let bytes_in = (self.shared.access_log.is_some() && req.body().as_ref().is_some_and(|b| !b.is_end_stream()))
+            .then(|| Arc::new(AtomicU64::new(0)));
         let mut ctx = Ctx {
             request_id,
             client_ip,
@@ -422,7 +428,7 @@ impl Worker {
         &self,
         ctx: &mut Ctx<'_>,
         route: &CompiledRoute,
-        req: &Request<Incoming>,
+        req: &Request<ClientBody>,
     ) -> Option<Response<ResponseBody>> {
         let (site_ip, route_ip) = (&route.site.policy.ip_rules, &route.policy.ip_rules);
         if (!site_ip.is_empty() && !site_ip.check(ctx.client_ip).is_allowed())
@@ -484,7 +490,7 @@ impl Worker {
         conn: &ConnCtx,
         ctx: &mut Ctx<'a>,
         host: Option<&HeaderValue>,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         start: Instant,
     ) -> Response<ResponseBody> {
         let host_name = match host {
@@ -579,13 +585,16 @@ impl Worker {
                 }
             }
             Action::Respond(r) => {
-                let body = if req.method() == Method::HEAD {
-                    Bytes::new()
-                } else {
-                    route.respond_body.clone()
-                };
+                let head = req.method() == Method::HEAD;
+                let body = if head { Bytes::new() } else { route.respond_body.clone() };
                 let mut resp = Response::new(ResponseBody::full(body));
                 *resp.status_mut() = r.status;
+                if head && r.status != StatusCode::NO_CONTENT && r.status != StatusCode::NOT_MODIFIED {
+                    // The length a GET gets (RFC 9110 §9.3.2); never on 204
+                    // and 304 (§8.6).
+                    resp.headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(route.respond_body.len()));
+                }
                 if let Ok(ct) = HeaderValue::from_str(&r.content_type) {
                     resp.headers_mut().insert(header::CONTENT_TYPE, ct);
                 }
@@ -632,7 +641,7 @@ impl Worker {
         ctx: &mut Ctx<'_>,
         route: &CompiledRoute,
         action: &ProxyAction,
-        mut req: Request<Incoming>,
+        mut req: Request<ClientBody>,
         normalized: Option<String>,
         host: Option<&HeaderValue>,
         start: Instant,

@@ -15,6 +15,7 @@ mod body;
 mod connect;
 mod drain;
 mod forwarding;
+mod front;
 mod generation;
 mod h1;
 mod handler;
@@ -116,6 +117,16 @@ pub mod fuzzing {
     /// `Upgrade` value to forward.
     pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
         crate::forwarding::strip_hop_by_hop(headers)
+    }
+
+    pub use crate::front::ParsedRequest;
+
+    /// `front`: client request heads fed `step` bytes at a time, as the
+    /// client-facing HTTP/1.1 loop reads them: the requests it serves itself,
+    /// then `Ok` with what hyper gets (the bytes handed over, then the unread
+    /// rest) or `Err` with the bytes waiting for the rest of a head.
+    pub fn client_requests(data: &[u8], step: usize) -> (Vec<ParsedRequest>, Result<Vec<u8>, Vec<u8>>) {
+        crate::front::read_requests(data, step)
     }
 
     /// `h1`: an upstream's answer to a GET, read from `data` fed `step` bytes at

@@ -8,8 +8,9 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -17,16 +18,19 @@ use arc_swap::ArcSwap;
 use gatehouse_config::Config;
 use gatehouse_files::Sendfile;
 use gatehouse_observe::AccessLogSender;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::EdgeError;
-use crate::drain::Drain;
+use crate::drain::{Drain, Entered};
 use crate::forwarding::PeerInfo;
+use crate::front::{self, Ended, Replay};
 use crate::generation::{Checker, Generation};
 use crate::handler::{ConnCtx, Shared, Worker};
 use crate::idle::Activity;
@@ -191,22 +195,31 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     Ok(socket.into())
 }
 
-/// The HTTP/1 and HTTP/2 settings of client connections, from `[limits]`.
+/// The HTTP/2 settings of client connections, from `[limits]` (hyper-util's
+/// auto builder, which also serves an HTTP/1 connection it is given; gatehouse
+/// gives it only HTTP/2 ones).
 pub(crate) fn http_builder(limits: &gatehouse_config::Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
-        .http1()
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
+    builder
+}
+
+/// The HTTP/1.1 settings of the client connections hyper serves, from
+/// `[limits]`. (hyper-util's auto builder would switch a connection to HTTP/2
+/// on a preface, whatever `http1_only` says, when upgrades are on.)
+pub(crate) fn http1_builder(limits: &gatehouse_config::Limits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_headers(limits.max_headers)
         // The head must fit the read buffer: a larger one gets 431.
         .max_buf_size(limits.max_header_size.max(8192))
         .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
-        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
     builder
 }
 
@@ -554,7 +567,9 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let header_timeout = shared.config.limits.header_timeout;
+        let limits = front::Limits::new(&shared.config.limits);
         let builder = shared.http.clone();
+        let http1 = shared.http1.clone();
         let peer_info = PeerInfo::new(peer.ip(), &shared.config.server.trusted_proxies);
         drop(worker_now);
         let current = current.clone();
@@ -568,7 +583,8 @@ async fn accept_loop(
                     peer,
                     peer_info,
                 };
-                crate::tls::serve_connection(tls, accepted, header_timeout, current, builder, entered).await;
+                let builders = (builder, http1);
+                crate::tls::serve_connection(tls, accepted, header_timeout, current, builders, entered).await;
             });
             continue;
         }
@@ -584,32 +600,44 @@ async fn accept_loop(
             let activity = http2.then(|| Arc::new(Activity::default()));
             let sendfile = Sendfile::new();
             let conn = ConnCache::new(peer.ip(), Some(sendfile.clone()), activity.clone());
-            // A second handle on the socket, to answer 408 after hyper gave up
-            // on a request head.
-            let alarm = socket2::SockRef::from(&stream).try_clone().ok();
+            let mut io = ZeroCopyStream::new(stream, sendfile);
             let service_conn = conn.clone();
-            let service = service_fn(move |req| {
+            let service_current = current.clone();
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 // Each request takes the generation current when it arrives and
                 // keeps it until its response body ends.
-                let worker = current.load_full();
+                let worker = service_current.load_full();
                 let conn = service_conn.get(&worker);
-                async move { Ok::<_, Infallible>(worker.handle(&conn, req).await) }
+                async move { Ok::<_, Infallible>(worker.handle(&conn, req.map(Some)).await) }
             });
-            let io = ZeroCopyStream::new(stream, sendfile);
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(io), service)
-                .into_owned();
-            let ended = entered.serve(connection, activity.map(|a| (a, header_timeout))).await;
-            if ended.idle {
-                tracing::debug!(%peer, "Idle HTTP/2 connection closed.");
-            }
-            if let Some(Err(e)) = ended.output {
-                let timed_out = e.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
-                if timed_out && conn.requests() == 0 {
-                    if let Some(alarm) = alarm {
-                        let _ = alarm.send(REQUEST_TIMEOUT_RESPONSE);
-                    }
+            if http2 {
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(io), service)
+                    .into_owned();
+                let ended = entered.serve(connection, activity.map(|a| (a, header_timeout))).await;
+                if ended.idle {
+                    tracing::debug!(%peer, "Idle HTTP/2 connection closed.");
                 }
+                if let Some(Err(e)) = ended.output {
+                    tracing::debug!(%peer, error = %e, "Client connection ended with an error.");
+                }
+                return;
+            }
+            // HTTP/1 starts on gatehouse's own loop (see `front.rs`), and goes
+            // to hyper from the first request that loop hands over.
+            let replay = match serve_front(&mut io, &limits, &mut entered, &current, &conn).await {
+                Some(Ended::HandOff(read)) => read,
+                Some(Ended::TimedOut { served: 0 }) => {
+                    let _ = io.write_all(REQUEST_TIMEOUT_RESPONSE).await;
+                    return;
+                }
+                _ => return,
+            };
+            let connection = http1
+                .serve_connection(TokioIo::new(Replay::new(replay, io)), service)
+                .with_upgrades();
+            let ended = entered.serve(connection, None).await;
+            if let Some(Err(e)) = ended.output {
                 tracing::debug!(%peer, error = %e, "Client connection ended with an error.");
             }
         });
@@ -628,6 +656,36 @@ async fn accept_loop(
         );
         drain.force();
     }
+}
+
+/// Serves an HTTP/1 connection on [`front::serve`] until it ends or hands off
+/// to hyper; `None` when its drain ran out of time and closed it.
+async fn serve_front(
+    io: &mut ZeroCopyStream,
+    limits: &front::Limits,
+    entered: &mut Entered,
+    current: &ArcSwap<Worker>,
+    conn: &ConnCache,
+) -> Option<Ended> {
+    let stop = AtomicBool::new(false);
+    let front = front::serve(io, limits, &stop, |req| {
+        // As on hyper's connections: each request takes the generation
+        // current when it arrives.
+        let worker = current.load_full();
+        let ctx = conn.get(&worker);
+        async move { worker.handle(&ctx, req).await }
+    });
+    let mut front = std::pin::pin!(front);
+    std::future::poll_fn(|cx| {
+        if entered.poll_stopping(cx) {
+            stop.store(true, Ordering::Relaxed);
+            if entered.is_forced() {
+                return Poll::Ready(None);
+            }
+        }
+        front.as_mut().poll(cx).map(Some)
+    })
+    .await
 }
 
 /// Waits until the client has sent enough to tell HTTP/1 from HTTP/2, at most
@@ -680,14 +738,6 @@ impl ConnCache {
             activity,
             ctx: Mutex::new(None),
         })
-    }
-
-    /// Requests started on the connection so far.
-    fn requests(&self) -> u32 {
-        let cached = self.ctx.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        cached
-            .as_ref()
-            .map_or(0, |(_, ctx)| ctx.requests.load(Ordering::Relaxed))
     }
 
     /// The context for a request served by `worker`. The lock is only ever

@@ -21,6 +21,7 @@ use gatehouse_config::{Config, SniMismatch};
 use gatehouse_tls::{ACME_TLS_ALPN, CertManager, CertResolver, Challenges, HTTP01_PREFIX};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -133,16 +134,15 @@ const FIRST_READ_BUFFER: usize = 4 * 1024;
 /// Serves one accepted HTTPS connection until it ends. A failed or slow handshake,
 /// or no request bytes within `header_timeout` after it, is logged at debug level
 /// and the connection closed.
-/// The HTTP settings are those of the generation current at accept (one
-/// builder per connection: HTTP/2 only when ALPN chose `h2`, which skips version
-/// sniffing, else HTTP/1.1 only); each request uses the generation current
-/// when it arrives.
+/// The HTTP settings are those of the generation current at accept (HTTP/2
+/// when ALPN chose `h2`, else HTTP/1.1, which never switches to HTTP/2); each
+/// request uses the generation current when it arrives.
 pub(crate) async fn serve_connection(
     tls: Arc<WorkerTls>,
     accepted: Accepted,
     header_timeout: Duration,
     current: Arc<ArcSwap<Worker>>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    (builder, http1): (Arc<auto::Builder<TokioExecutor>>, Arc<http1::Builder>),
     mut entered: Entered,
 ) {
     let Accepted {
@@ -172,11 +172,6 @@ pub(crate) async fn serve_connection(
         return;
     }
     let http2 = alpn == Some(b"h2");
-    let builder = if http2 {
-        (*builder).clone().http2_only()
-    } else {
-        (*builder).clone().http1_only()
-    };
     // Without SNI the client got the fallback name's certificate: the Host
     // check holds it to that name.
     let sni = match session.server_name() {
@@ -216,16 +211,22 @@ pub(crate) async fn serve_connection(
     let service = service_fn(move |req| {
         let worker = current.load_full();
         let conn = conn.clone();
-        async move { Ok::<_, Infallible>(worker.handle(&conn, req).await) }
+        async move { Ok::<_, Infallible>(worker.handle(&conn, req.map(Some)).await) }
     });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-    let ended = entered
-        .serve(connection.into_owned(), activity.map(|a| (a, header_timeout)))
-        .await;
-    if ended.idle {
-        tracing::debug!(%peer, "Idle HTTP/2 connection closed.");
-    }
-    if let Some(Err(e)) = ended.output {
+    let io = TokioIo::new(stream);
+    let error = if http2 {
+        let connection = builder.serve_connection_with_upgrades(io, service).into_owned();
+        let ended = entered.serve(connection, activity.map(|a| (a, header_timeout))).await;
+        if ended.idle {
+            tracing::debug!(%peer, "Idle HTTP/2 connection closed.");
+        }
+        ended.output.and_then(Result::err)
+    } else {
+        let connection = http1.serve_connection(io, service).with_upgrades();
+        let ended = entered.serve(connection, None).await;
+        ended.output.and_then(Result::err).map(Into::into)
+    };
+    if let Some(e) = error {
         tracing::debug!(%peer, error = %e, "Client connection ended with an error.");
     }
 }
