@@ -658,3 +658,55 @@ pub fn check_upstream_response(data: &[u8]) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Client requests (the client-facing HTTP/1.1 loop)
+// ---------------------------------------------------------------------------
+
+/// Fields whose requests must go to hyper: they bring a body or change the
+/// protocol. A request served by gatehouse's own loop with one of them would
+/// let a body be read as the next request (request smuggling).
+const HYPER_FIELDS: &[&str] = &["content-length", "transfer-encoding", "expect", "upgrade"];
+
+/// `client_requests` properties, on `data` as what a client sends:
+/// - never a panic, whatever the bytes;
+/// - the outcome does not depend on how the bytes were split into reads;
+/// - nothing is lost or reordered: the heads served, then the bytes handed to
+///   hyper (or still waiting), are the input;
+/// - a request served by the loop has none of the fields that bring a body or
+///   an upgrade, asks for no upgrade in `Connection`, and is not `CONNECT`.
+pub fn check_client_requests(data: &[u8]) {
+    let whole = fuzzing::client_requests(data, data.len().max(1));
+    for step in [1, 7] {
+        let split = fuzzing::client_requests(data, step);
+        assert_eq!(
+            split,
+            whole,
+            "reads of {step} bytes changed the outcome for {:?}",
+            String::from_utf8_lossy(data)
+        );
+    }
+    let (requests, rest) = &whole;
+    let served: usize = requests.iter().map(|r| r.head_len).sum();
+    let (Ok(rest) | Err(rest)) = rest;
+    assert_eq!(
+        &data[served..],
+        rest.as_slice(),
+        "bytes lost or changed: {:?}",
+        String::from_utf8_lossy(data)
+    );
+    for r in requests {
+        assert_ne!(r.method, "CONNECT");
+        for (name, value) in &r.fields {
+            assert!(
+                !HYPER_FIELDS.contains(&name.as_str()),
+                "served a request with {name}: {:?}",
+                String::from_utf8_lossy(data)
+            );
+            if name == "connection" {
+                let lower = String::from_utf8_lossy(value).to_ascii_lowercase();
+                assert!(!lower.split(',').any(|t| t.trim() == "upgrade"), "{lower}");
+            }
+        }
+    }
+}

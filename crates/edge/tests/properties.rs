@@ -19,8 +19,8 @@ mod rng;
 use rng::Rng;
 
 use oracle::{
-    check_forwarding_bytes, check_host, check_host_with, check_path, check_range, check_range_bytes, check_static_path,
-    check_upstream_response, known_host_bug,
+    check_client_requests, check_forwarding_bytes, check_host, check_host_with, check_path, check_range,
+    check_range_bytes, check_static_path, check_upstream_response, known_host_bug,
 };
 
 /// Random inputs per property: enough to reach the corners the fragment lists
@@ -702,6 +702,91 @@ fn random_answer(rng: &mut Rng) -> Vec<u8> {
     out.extend_from_slice(b"\r\n");
     for _ in 0..rng.below(10) {
         out.extend_from_slice(rng.pick(BODY).as_bytes());
+    }
+    out
+}
+
+#[test]
+fn client_requests_are_served_or_handed_to_hyper_whole_however_they_arrive() {
+    for data in [
+        &b""[..],
+        b"GET / HTTP/1.1\r\nhost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nhost: a\r\n\r\nGET /2 HTTP/1.1\r\nhost: a\r\n\r\nGET /3",
+        b"GET / HTTP/1.1\r\nhost: a\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+        b"GET / HTTP/1.1\r\nContent-Length : 3\r\n\r\nabc",
+        b"GET / HTTP/1.1\r\nTRANSFER-ENCODING: chunked\r\n\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nConnection: keep-alive,UPGRADE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nConnection: close\r\nConnection: upgrade\r\n\r\n",
+        b"GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+        b"GET / HTTP/1.1\r\n folded: x\r\n\r\n",
+        b"GET / HTTP/1.1\nhost: a\n\n",
+        b"GET  / HTTP/1.1\r\n\r\n",
+        b"GET /\x00 HTTP/1.1\r\n\r\n",
+        b"GET http://a.test/x HTTP/1.1\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\n\r\n",
+        b"CONNECT a:1 HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"GET / HTTP/2.0\r\n\r\n",
+        b"\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        b"G\xc3\xa9T / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nx: \xff\xfe\r\n\r\n",
+    ] {
+        check_client_requests(data);
+    }
+    // Larger than any head may be: handed to hyper (which answers 431)
+    // whatever the reads.
+    let huge = [&b"GET / HTTP/1.1\r\nx: "[..], &[b'a'; 70_000], b"\r\n\r\n"].concat();
+    check_client_requests(&huge);
+    let mut rng = Rng::new(12);
+    for _ in 0..CASES {
+        check_client_requests(&random_requests(&mut rng));
+    }
+}
+
+/// Client bytes built from the pieces that decide who serves a request.
+fn random_requests(rng: &mut Rng) -> Vec<u8> {
+    const LINES: &[&str] = &[
+        "GET / HTTP/1.1\r\n",
+        "HEAD /a?b HTTP/1.1\r\n",
+        "POST /p HTTP/1.1\r\n",
+        "CONNECT a:443 HTTP/1.1\r\n",
+        "GET / HTTP/1.0\r\n",
+        "GET http://h/x HTTP/1.1\r\n",
+        "BREW / HTTP/1.1\r\n",
+        "GET / HTTP/1.1\n",
+    ];
+    const FIELDS: &[&str] = &[
+        "host: a\r\n",
+        "Host: b:80\r\n",
+        "content-length: 3\r\n",
+        "Content-Length: 0\r\n",
+        "transfer-encoding: chunked\r\n",
+        "expect: 100-continue\r\n",
+        "upgrade: websocket\r\n",
+        "connection: upgrade\r\n",
+        "Connection: close\r\n",
+        "connection: keep-alive, Upgrade\r\n",
+        "x-a: 1\r\n",
+        "x-a: \x01\r\n",
+        " folded\r\n",
+        "bad\r\n",
+        "\n",
+    ];
+    let mut out = Vec::new();
+    for _ in 0..1 + rng.below(3) {
+        out.extend_from_slice(rng.pick(LINES).as_bytes());
+        for _ in 0..rng.below(5) {
+            out.extend_from_slice(rng.pick(FIELDS).as_bytes());
+        }
+        if rng.below(8) != 0 {
+            out.extend_from_slice(b"\r\n");
+        }
+        if rng.below(4) == 0 {
+            out.extend_from_slice(b"abc");
+        }
+        if rng.below(16) == 0 {
+            out.push(rng.next() as u8);
+        }
     }
     out
 }
