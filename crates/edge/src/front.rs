@@ -42,6 +42,7 @@ use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::body::ClientBody;
+use crate::drain::Entered;
 use crate::h1::{FieldNames, deadline_after};
 
 /// Header fields parsed in place. A request with more (when `max_headers`
@@ -54,6 +55,10 @@ const MAX_PIECES: usize = 32;
 /// Body bytes gathered before they are written.
 const MAX_QUEUED: usize = 64 * 1024;
 
+/// What a client that never finished its first request head gets before the
+/// connection closes.
+pub(crate) const REQUEST_TIMEOUT_RESPONSE: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 /// The request-head limits of a connection, from `[limits]`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -197,6 +202,34 @@ fn client_gone<I: AsyncRead + Unpin>(io: &mut I, buf: &mut BytesMut, cx: &mut Co
         tokio_util::io::poll_read_buf(Pin::new(io), cx, buf),
         Poll::Ready(Ok(0) | Err(_))
     )
+}
+
+/// [`serve`] under a drain: the loop is asked to stop when the drain starts,
+/// and ended (`None`) once the drain's deadline has passed.
+pub(crate) async fn serve_draining<I, F, Fut, B>(
+    io: &mut I,
+    limits: &Limits,
+    entered: &mut Entered,
+    service: F,
+) -> Option<Ended>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(Request<ClientBody>) -> Fut,
+    Fut: Future<Output = Response<B>>,
+    B: Body,
+{
+    let stop = AtomicBool::new(false);
+    let mut front = pin!(serve(io, limits, &stop, service));
+    poll_fn(|cx| {
+        if entered.poll_stopping(cx) {
+            stop.store(true, Ordering::Relaxed);
+            if entered.is_forced() {
+                return Poll::Ready(None);
+            }
+        }
+        front.as_mut().poll(cx).map(Some)
+    })
+    .await
 }
 
 /// What waiting for more of a head brought.

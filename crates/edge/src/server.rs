@@ -8,9 +8,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -28,9 +27,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::EdgeError;
-use crate::drain::{Drain, Entered};
+use crate::drain::Drain;
 use crate::forwarding::PeerInfo;
-use crate::front::{self, Ended, Replay};
+use crate::front::{self, Ended, REQUEST_TIMEOUT_RESPONSE, Replay};
 use crate::generation::{Checker, Generation};
 use crate::handler::{ConnCtx, Shared, Worker};
 use crate::idle::Activity;
@@ -43,10 +42,6 @@ use crate::zerocopy::ZeroCopyStream;
 const LISTEN_BACKLOG: i32 = 4096;
 /// The first bytes of an HTTP/2 connection with prior knowledge.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// What a client that never finished its first request head gets before the
-/// connection closes.
-const REQUEST_TIMEOUT_RESPONSE: &[u8] =
-    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 /// Concurrent HTTP/2 streams per connection: enough for a browser's page load,
 /// bounded so one connection cannot monopolise a worker.
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
@@ -584,7 +579,7 @@ async fn accept_loop(
                     peer_info,
                 };
                 let builders = (builder, http1);
-                crate::tls::serve_connection(tls, accepted, header_timeout, current, builders, entered).await;
+                crate::tls::serve_connection(tls, accepted, limits, current, builders, entered).await;
             });
             continue;
         }
@@ -625,7 +620,15 @@ async fn accept_loop(
             }
             // HTTP/1 starts on gatehouse's own loop (see `front.rs`), and goes
             // to hyper from the first request that loop hands over.
-            let replay = match serve_front(&mut io, &limits, &mut entered, &current, &conn).await {
+            let served = front::serve_draining(&mut io, &limits, &mut entered, |req| {
+                // As on hyper's connections: each request takes the generation
+                // current when it arrives.
+                let worker = current.load_full();
+                let ctx = conn.get(&worker);
+                async move { worker.handle(&ctx, req).await }
+            })
+            .await;
+            let replay = match served {
                 Some(Ended::HandOff(read)) => read,
                 Some(Ended::TimedOut { served: 0 }) => {
                     let _ = io.write_all(REQUEST_TIMEOUT_RESPONSE).await;
@@ -656,36 +659,6 @@ async fn accept_loop(
         );
         drain.force();
     }
-}
-
-/// Serves an HTTP/1 connection on [`front::serve`] until it ends or hands off
-/// to hyper; `None` when its drain ran out of time and closed it.
-async fn serve_front(
-    io: &mut ZeroCopyStream,
-    limits: &front::Limits,
-    entered: &mut Entered,
-    current: &ArcSwap<Worker>,
-    conn: &ConnCache,
-) -> Option<Ended> {
-    let stop = AtomicBool::new(false);
-    let front = front::serve(io, limits, &stop, |req| {
-        // As on hyper's connections: each request takes the generation
-        // current when it arrives.
-        let worker = current.load_full();
-        let ctx = conn.get(&worker);
-        async move { worker.handle(&ctx, req).await }
-    });
-    let mut front = std::pin::pin!(front);
-    std::future::poll_fn(|cx| {
-        if entered.poll_stopping(cx) {
-            stop.store(true, Ordering::Relaxed);
-            if entered.is_forced() {
-                return Poll::Ready(None);
-            }
-        }
-        front.as_mut().poll(cx).map(Some)
-    })
-    .await
 }
 
 /// Waits until the client has sent enough to tell HTTP/1 from HTTP/2, at most

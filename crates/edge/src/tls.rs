@@ -8,12 +8,12 @@
 //! A TLS connection's life: accept → handshake (bounded by `limits.header_timeout`;
 //! with on-demand TLS the ClientHello is read first, so a certificate can be
 //! obtained for its name) → a validation handshake for ACME TLS-ALPN-01 is closed
-//! at once → HTTP/2 if ALPN chose `h2`, else HTTP/1.1 → `Worker::handle`.
+//! at once → HTTP/2 if ALPN chose `h2` (hyper), else HTTP/1.1 (`front.rs`, then
+//! hyper from the first request it hands over) → `Worker::handle`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -25,7 +25,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::server::Acceptor;
@@ -35,6 +35,7 @@ use crate::EdgeError;
 use crate::body::ResponseBody;
 use crate::drain::Entered;
 use crate::forwarding::PeerInfo;
+use crate::front::{self, Ended, REQUEST_TIMEOUT_RESPONSE, Replay};
 use crate::handler::{ConnCtx, Worker, local_error};
 use crate::idle::Activity;
 use crate::router::Router;
@@ -140,7 +141,7 @@ const FIRST_READ_BUFFER: usize = 4 * 1024;
 pub(crate) async fn serve_connection(
     tls: Arc<WorkerTls>,
     accepted: Accepted,
-    header_timeout: Duration,
+    limits: front::Limits,
     current: Arc<ArcSwap<Worker>>,
     (builder, http1): (Arc<auto::Builder<TokioExecutor>>, Arc<http1::Builder>),
     mut entered: Entered,
@@ -150,6 +151,7 @@ pub(crate) async fn serve_connection(
         peer,
         peer_info,
     } = accepted;
+    let header_timeout = limits.header_timeout;
     let handshake = tokio::select! {
         hs = tokio::time::timeout(header_timeout, tls.handshake(stream)) => hs,
         () = entered.stopped() => return,
@@ -208,21 +210,43 @@ pub(crate) async fn serve_connection(
     let mut ctx = ConnCtx::new(peer_info, "https").with_sni(sni);
     ctx.activity.clone_from(&activity);
     let conn = Arc::new(ctx);
+    let service_conn = conn.clone();
+    let service_current = current.clone();
     let service = service_fn(move |req| {
-        let worker = current.load_full();
-        let conn = conn.clone();
+        let worker = service_current.load_full();
+        let conn = service_conn.clone();
         async move { Ok::<_, Infallible>(worker.handle(&conn, req.map(Some)).await) }
     });
-    let io = TokioIo::new(stream);
     let error = if http2 {
-        let connection = builder.serve_connection_with_upgrades(io, service).into_owned();
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
         let ended = entered.serve(connection, activity.map(|a| (a, header_timeout))).await;
         if ended.idle {
             tracing::debug!(%peer, "Idle HTTP/2 connection closed.");
         }
         ended.output.and_then(Result::err)
     } else {
-        let connection = http1.serve_connection(io, service).with_upgrades();
+        // As on plain HTTP: gatehouse's own loop first, hyper from the first
+        // request it hands over.
+        let served = front::serve_draining(&mut stream, &limits, &mut entered, |req| {
+            let worker = current.load_full();
+            let conn = conn.clone();
+            async move { worker.handle(&conn, req).await }
+        })
+        .await;
+        let read = match served {
+            Some(Ended::HandOff(read)) => read,
+            Some(Ended::TimedOut { served: 0 }) => {
+                let _ = stream.write_all(REQUEST_TIMEOUT_RESPONSE).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+            _ => return,
+        };
+        let connection = http1
+            .serve_connection(TokioIo::new(Replay::new(read, stream)), service)
+            .with_upgrades();
         let ended = entered.serve(connection, None).await;
         ended.output.and_then(Result::err).map(Into::into)
     };

@@ -665,6 +665,47 @@ async fn a_tls_connection_that_sends_nothing_is_closed_after_header_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_over_tls_serves_plain_requests_hands_bodies_over_and_times_out_heads() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_dir, _gh, https, root) = serve_internal_with_1s_header_timeout("gh-https-h1");
+    let config = client_config(&root, &[b"http/1.1"]);
+    // Two plain requests, then one with a body (served after the hand-over),
+    // on one connection.
+    let mut tls = wait_for_cert(https, "localhost", config.clone(), Duration::from_secs(15)).await;
+    tls.write_all(
+        b"GET /a HTTP/1.1\r\nhost: localhost\r\n\r\nHEAD /b HTTP/1.1\r\nhost: localhost\r\n\r\n\
+          POST /c HTTP/1.1\r\nhost: localhost\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi",
+    )
+    .await
+    .unwrap();
+    let mut all = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut all)).await;
+    assert!(read.is_ok(), "the connection closed after the last answer");
+    let all = String::from_utf8_lossy(&all);
+    assert_eq!(all.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{all}");
+    assert_eq!(
+        all.matches("hello over tls").count(),
+        2,
+        "a body for GET and POST, none for HEAD: {all}"
+    );
+    assert!(all.contains("content-length: 14\r\n"), "{all}");
+
+    // A head not finished within header_timeout gets 408, as on plain HTTP.
+    let mut tls = wait_for_cert(https, "localhost", config, Duration::from_secs(15)).await;
+    let started = Instant::now();
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: loc").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http2_connection_over_tls_is_closed_with_a_goaway() {
     let (_dir, _gh, https, root) = serve_internal_with_1s_header_timeout("gh-https-h2-idle");
     let tls = wait_for_cert(
