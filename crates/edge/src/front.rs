@@ -658,8 +658,8 @@ where
     write_pieces(io, out, pieces).await.is_ok() && !close
 }
 
-/// Writes every piece, gathered into as few `writev` calls as the socket takes;
-/// `out` is cleared once everything from it is out.
+/// Writes every piece, gathered into as few `writev` calls as the socket takes,
+/// and flushes; `out` is cleared once everything from it is out.
 async fn write_pieces<I, D>(io: &mut I, out: &mut Vec<u8>, pieces: &mut VecDeque<Piece<D>>) -> io::Result<()>
 where
     I: AsyncWrite + Unpin,
@@ -689,7 +689,9 @@ where
                 pieces.pop_front();
             }
         }
-        Poll::Ready(Ok(()))
+        // A TLS stream takes bytes before it has sent them all: its records
+        // go out only here if the socket was full (nothing to do on TCP).
+        Pin::new(&mut *io).poll_flush(cx)
     })
     .await?;
     out.clear();
@@ -1041,6 +1043,70 @@ mod tests {
         assert_eq!(
             written(resp, false).await,
             ("HTTP/1.1 304 Not Modified\r\ncontent-length: 42\r\n\r\n".into(), true)
+        );
+    }
+
+    /// A writer that, like a TLS stream, takes bytes at once and sends them
+    /// on only when flushed.
+    struct SendsOnFlush {
+        inner: DuplexStream,
+        held: Vec<u8>,
+    }
+
+    impl AsyncRead for SendsOnFlush {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for SendsOnFlush {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.held.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = &mut *self;
+            while !this.held.is_empty() {
+                let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &this.held))?;
+                this.held.drain(..n);
+            }
+            Pin::new(&mut this.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            ready!(self.as_mut().poll_flush(cx))?;
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn responses_are_flushed_on_a_connection_that_stays_open() {
+        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+        let mut ours = SendsOnFlush {
+            inner: ours,
+            held: Vec::new(),
+        };
+        let (mut out, mut pieces) = (Vec::new(), VecDeque::new());
+        let resp = Response::new(frames(&[Ok("hello")], Some(5)));
+        let keep = respond(
+            &mut ours,
+            &mut BytesMut::new(),
+            &mut out,
+            &mut pieces,
+            resp,
+            false,
+            false,
+        )
+        .await;
+        assert!(keep);
+        let mut answer = vec![0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(1), theirs.read(&mut answer))
+            .await
+            .expect("the answer was flushed")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("\r\n\r\nhello"),
+            "{answer}"
         );
     }
 

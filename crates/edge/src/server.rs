@@ -190,11 +190,19 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     Ok(socket.into())
 }
 
-/// The HTTP/2 settings of client connections, from `[limits]` (hyper-util's
-/// auto builder, which also serves an HTTP/1 connection it is given; gatehouse
-/// gives it only HTTP/2 ones).
+/// The HTTP/2 settings of client connections, from `[limits]`, for hyper-util's
+/// auto builder. gatehouse gives it HTTP/2 connections only (prior knowledge,
+/// or ALPN `h2`); the HTTP/1 settings are there for a client that chose `h2`
+/// and then speaks HTTP/1.1, which the builder still serves.
 pub(crate) fn http_builder(limits: &gatehouse_config::Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_size.max(8192))
+        .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -632,6 +640,7 @@ async fn accept_loop(
                 Some(Ended::HandOff(read)) => read,
                 Some(Ended::TimedOut { served: 0 }) => {
                     let _ = io.write_all(REQUEST_TIMEOUT_RESPONSE).await;
+                    let _ = io.shutdown().await;
                     return;
                 }
                 _ => return,

@@ -132,6 +132,10 @@ impl WorkerTls {
 /// once it is drained later reads bypass it without a copy.
 const FIRST_READ_BUFFER: usize = 4 * 1024;
 
+/// How long ending a TLS session (sending close_notify) may take once the
+/// HTTP/1.1 loop is done with it.
+const TLS_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Serves one accepted HTTPS connection until it ends. A failed or slow handshake,
 /// or no request bytes within `header_timeout` after it, is logged at debug level
 /// and the connection closed.
@@ -242,7 +246,14 @@ pub(crate) async fn serve_connection(
                 let _ = stream.shutdown().await;
                 return;
             }
-            _ => return,
+            Some(_) => {
+                // Idle, drained or closed by a response: end the TLS session
+                // properly (close_notify), briefly.
+                let _ = tokio::time::timeout(TLS_CLOSE_WAIT, stream.shutdown()).await;
+                return;
+            }
+            // The drain's deadline passed: no waiting.
+            None => return,
         };
         let connection = http1
             .serve_connection(TokioIo::new(Replay::new(read, stream)), service)

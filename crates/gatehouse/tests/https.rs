@@ -706,6 +706,62 @@ async fn http1_over_tls_serves_plain_requests_hands_bodies_over_and_times_out_he
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_answer_over_tls_reaches_a_slow_reader_whole() {
+    use gatehouse_testkit::upstream::{Behavior, Upstream};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: usize = 2 << 20;
+    let up = Upstream::start(Behavior::Generate(SIZE as u64)).await;
+    let dir = TempDir::new("gh-https-big");
+    let data = dir.0.join("data");
+    let toml = INTERNAL.replace("DATA", data.to_str().unwrap()).replace(
+        "respond = { body = \"hello over tls\" }",
+        &format!("respond = {{ body = \"hello over tls\" }}\n[[site.route]]\npath = \"/big\"\nupstream = \"app\"\n\n[upstream.app]\ntargets = [\"{}\"]", up.addr),
+    );
+    let (_gh, _http, https) = serve(&toml);
+    let root = std::fs::read_to_string(data.join("certs/ca/root.pem")).unwrap();
+    let config = client_config(&root, &[b"http/1.1"]);
+    drop(wait_for_cert(https, "localhost", config.clone(), Duration::from_secs(15)).await);
+    // A small receive window, read slowly: the server's writes keep meeting a
+    // full socket, and the connection stays open after the answer (nothing
+    // but a flush sends TLS records left over from a write; front.rs's unit
+    // tests check that flush directly).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(https).await.unwrap();
+    let name = ServerName::try_from("localhost".to_owned()).unwrap();
+    let mut tls = TlsConnector::from(config).connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /big HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 4096];
+    let body_start = loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut chunk))
+            .await
+            .expect("the head in time")
+            .unwrap();
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&chunk[..n]);
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..body_start]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains(&format!("content-length: {SIZE}")), "{head}");
+    while got.len() - body_start < SIZE {
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {} of {SIZE} body bytes", got.len() - body_start))
+            .unwrap();
+        assert!(n > 0, "closed after {} of {SIZE} body bytes", got.len() - body_start);
+        got.extend_from_slice(&chunk[..n]);
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    assert_eq!(got.len() - body_start, SIZE, "nothing after the body");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http2_connection_over_tls_is_closed_with_a_goaway() {
     let (_dir, _gh, https, root) = serve_internal_with_1s_header_timeout("gh-https-h2-idle");
     let tls = wait_for_cert(
