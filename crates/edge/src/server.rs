@@ -190,19 +190,27 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
     Ok(socket.into())
 }
 
+/// hyper's HTTP/1 server settings from `[limits]`, on either builder type
+/// (hyper's own, or the one inside hyper-util's auto builder).
+macro_rules! http1_settings {
+    ($builder:expr, $limits:expr) => {
+        $builder
+            .timer(TokioTimer::new())
+            .header_read_timeout($limits.header_timeout)
+            .max_headers($limits.max_headers)
+            // The head must fit the read buffer: a larger one gets 431.
+            .max_buf_size($limits.max_header_size.max(8192))
+            .keep_alive(true)
+    };
+}
+
 /// The HTTP/2 settings of client connections, from `[limits]`, for hyper-util's
 /// auto builder. gatehouse gives it HTTP/2 connections only (prior knowledge,
 /// or ALPN `h2`); the HTTP/1 settings are there for a client that chose `h2`
 /// and then speaks HTTP/1.1, which the builder still serves.
 pub(crate) fn http_builder(limits: &gatehouse_config::Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_header_size.max(8192))
-        .keep_alive(true);
+    http1_settings!(builder.http1(), limits);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -216,13 +224,7 @@ pub(crate) fn http_builder(limits: &gatehouse_config::Limits) -> auto::Builder<T
 /// on a preface, whatever `http1_only` says, when upgrades are on.)
 pub(crate) fn http1_builder(limits: &gatehouse_config::Limits) -> http1::Builder {
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_headers(limits.max_headers)
-        // The head must fit the read buffer: a larger one gets 431.
-        .max_buf_size(limits.max_header_size.max(8192))
-        .keep_alive(true);
+    http1_settings!(builder, limits);
     builder
 }
 
