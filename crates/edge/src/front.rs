@@ -4,8 +4,8 @@
 //! hyper's server side (its parser, dispatcher and encoder) was the largest
 //! single cost on the proxy path. This loop serves a connection's requests
 //! itself for as long as each one is a plain HTTP/1.1 request without a body:
-//! no `Content-Length` or `Transfer-Encoding`, no `Expect`, no `Upgrade` (nor
-//! `Connection: upgrade`), and not `CONNECT`. Any other request — one with a
+//! no `Transfer-Encoding`, no `Content-Length` but a single `Content-Length: 0`,
+//! no `Expect`, no `Upgrade` (nor `Connection: upgrade`), and not `CONNECT`. Any other request — one with a
 //! body, an upgrade, HTTP/1.0, a head that does not parse or is too large — is
 //! handed to hyper at a request boundary, together with every byte read so far
 //! ([`Ended::HandOff`]). hyper then serves the rest of the connection exactly as
@@ -380,11 +380,19 @@ fn plain_request(req: &httparse::Request<'_, '_>) -> Option<(Method, bool)> {
     if method == Method::CONNECT {
         return None;
     }
-    let mut close = false;
+    let (mut close, mut length) = (false, false);
     for field in req.headers.iter() {
         let name = field.name.as_bytes();
         let is = |known: &[u8]| name.len() == known.len() && name.eq_ignore_ascii_case(known);
-        if is(b"content-length") || is(b"transfer-encoding") || is(b"expect") || is(b"upgrade") {
+        if is(b"content-length") {
+            // One `Content-Length: 0` (an empty POST, say) has no body
+            // either; any other length, or a second field, goes to hyper.
+            if length || field.value != b"0" {
+                return None;
+            }
+            length = true;
+        }
+        if is(b"transfer-encoding") || is(b"expect") || is(b"upgrade") {
             return None;
         }
         if is(b"connection") {
@@ -835,8 +843,19 @@ mod tests {
         assert_eq!(req.headers().get_all("x-two").iter().count(), 2);
         assert!(req.body().is_none());
 
+        let Parsed::Request(req, _) = parse_all(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n") else {
+            panic!("an empty POST is served here");
+        };
+        assert_eq!(req.headers()[header::CONTENT_LENGTH], "0");
+        assert!(req.body().is_none());
+
         for head in [
             &b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\nhi"[..],
+            b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\ncontent-length: 0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\nContent-Length: 2\r\n\r\nhi",
+            b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 00\r\n\r\n",
+            b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 0, 0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
             b"POST / HTTP/1.1\r\nhost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             b"GET / HTTP/1.1\r\nhost: a\r\nexpect: 100-continue\r\n\r\n",
             b"GET / HTTP/1.1\r\nhost: a\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",

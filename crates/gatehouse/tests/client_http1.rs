@@ -159,6 +159,13 @@ async fn requests_with_bodies_after_plain_ones_share_the_connection() {
     let mut pending = Vec::new();
     s.write_all(b"GET /a HTTP/1.1\r\nhost: a.test\r\n\r\n").await.unwrap();
     assert_eq!(read_answer(&mut s, &mut pending, false).await.body, b"alpha");
+    // An empty body declared as such is still one gatehouse serves itself.
+    s.write_all(b"POST /app/echo HTTP/1.1\r\nhost: a.test\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let empty = read_answer(&mut s, &mut pending, false).await;
+    assert_eq!((empty.status(), empty.body.as_slice()), (200, &b""[..]));
+    assert_eq!(up.last().header("content-length"), "0");
     // A body framed by its length, then one in chunks: hyper's from here on.
     s.write_all(b"POST /app/echo HTTP/1.1\r\nhost: a.test\r\ncontent-length: 11\r\n\r\nhello world")
         .await
@@ -183,7 +190,7 @@ async fn requests_with_bodies_after_plain_ones_share_the_connection() {
     assert_eq!(echoed.body, b"ok");
     s.write_all(b"GET /b HTTP/1.1\r\nhost: a.test\r\n\r\n").await.unwrap();
     assert_eq!(read_answer(&mut s, &mut pending, false).await.body, b"bravo!");
-    assert_eq!(up.requests().len(), 3);
+    assert_eq!(up.requests().len(), 4);
 }
 
 #[tokio::test]
