@@ -43,7 +43,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::body::ClientBody;
 use crate::drain::Entered;
-use crate::h1::{FieldNames, deadline_after};
+use crate::h1::{FieldNames, deadline_after, parse_decimal, write_hex};
 
 /// Header fields parsed in place. A request with more (when `max_headers`
 /// allows them) goes to hyper.
@@ -640,7 +640,7 @@ where
             }
             Framing::Chunked => {
                 let start = out.len();
-                put_hex(out, n as u64);
+                write_hex(out, n as u64);
                 out.extend_from_slice(b"\r\n");
                 pieces.push_back(Piece::Out(start, out.len()));
                 pieces.push_back(Piece::Data(data));
@@ -714,20 +714,6 @@ fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 fn put_length(out: &mut Vec<u8>, n: u64) {
     put_field(out, b"content-length: ", itoa::Buffer::new().format(n).as_bytes());
-}
-
-fn put_hex(out: &mut Vec<u8>, n: u64) {
-    let digits = 16 - (n.leading_zeros() as usize / 4).min(15);
-    for i in (0..digits).rev() {
-        out.push(b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize]);
-    }
-}
-
-fn parse_decimal(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(s).ok()?.parse().ok()
 }
 
 thread_local! {

@@ -546,7 +546,8 @@ fn framing(method: &Method, head: &mut ParsedHead) -> Result<(Framing, bool), Ex
     }
 }
 
-fn parse_decimal(s: &[u8]) -> Option<u64> {
+/// A decimal number of at most 19 digits (so it cannot overflow).
+pub(crate) fn parse_decimal(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 19 {
         return None;
     }
@@ -554,7 +555,8 @@ fn parse_decimal(s: &[u8]) -> Option<u64> {
         .try_fold(0u64, |n, b| b.is_ascii_digit().then(|| n * 10 + u64::from(b - b'0')))
 }
 
-fn write_hex(out: &mut Vec<u8>, mut n: u64) {
+/// `n` in lower-case hex, as a chunk size.
+pub(crate) fn write_hex(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 16];
     let mut i = digits.len();
     loop {

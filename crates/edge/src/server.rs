@@ -571,7 +571,6 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let header_timeout = shared.config.limits.header_timeout;
         let limits = front::Limits::new(&shared.config.limits);
         let builder = shared.http.clone();
         let http1 = shared.http1.clone();
@@ -596,7 +595,7 @@ async fn accept_loop(
         tokio::spawn(async move {
             let _slot = slot;
             let first = tokio::select! {
-                first = first_bytes(&stream, header_timeout) => first,
+                first = first_bytes(&stream, limits.header_timeout) => first,
                 () = entered.stopped() => None,
             };
             let Some(http2) = first else {
@@ -619,7 +618,9 @@ async fn accept_loop(
                 let connection = builder
                     .serve_connection_with_upgrades(TokioIo::new(io), service)
                     .into_owned();
-                let ended = entered.serve(connection, activity.map(|a| (a, header_timeout))).await;
+                let ended = entered
+                    .serve(connection, activity.map(|a| (a, limits.header_timeout)))
+                    .await;
                 if ended.idle {
                     tracing::debug!(%peer, "Idle HTTP/2 connection closed.");
                 }
