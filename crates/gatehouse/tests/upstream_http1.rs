@@ -13,7 +13,7 @@ use gatehouse_testkit::Gatehouse;
 use gatehouse_testkit::client::{self, body, get, send};
 use http::Request;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 
 /// What a scripted upstream does after reading a request head.
 #[derive(Clone, Copy)]
@@ -36,6 +36,27 @@ struct Scripted {
 }
 
 impl Scripted {
+    /// An upstream that reads a request head on each connection, then hands
+    /// the connection to `answer`.
+    async fn start_with<F, Fut>(answer: F) -> Self
+    where
+        F: Fn(TcpStream) -> Fut + Copy + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = Self::new(listener.local_addr().unwrap().to_string());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = [0u8; 4096];
+                    let _ = stream.read(&mut head).await;
+                    answer(stream).await;
+                });
+            }
+        });
+        up
+    }
+
     async fn start(answer: &'static [u8], after: After) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let up = Self::new(listener.local_addr().unwrap().to_string());
@@ -199,18 +220,11 @@ async fn interim_answers_are_skipped() {
 async fn a_flood_of_interim_answers_still_times_out() {
     // Never a final answer, and always more bytes to read: the exchange stays
     // busy, and its deadline must fire all the same.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = Scripted::new(listener.local_addr().unwrap().to_string());
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = [0u8; 4096];
-                let _ = stream.read(&mut head).await;
-                let flood = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(256);
-                while stream.write_all(&flood).await.is_ok() {}
-            });
-        }
-    });
+    let up = Scripted::start_with(|mut stream| async move {
+        let flood = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(256);
+        while stream.write_all(&flood).await.is_ok() {}
+    })
+    .await;
     let gh = up.gatehouse();
     let started = std::time::Instant::now();
     let r = tokio::time::timeout(Duration::from_secs(10), get(&gh.url("/"), &[]))
@@ -556,21 +570,14 @@ async fn expect_continue_reaches_the_upstream_and_the_body_follows() {
 async fn a_body_with_pauses_shorter_than_read_timeout_arrives_whole() {
     // Five pieces 150 ms apart: 600 ms in all, twice the read timeout, but
     // never a 300 ms pause. The deadline moves with every piece.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = Scripted::new(listener.local_addr().unwrap().to_string());
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut head = [0u8; 4096];
-                let _ = stream.read(&mut head).await;
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 25\r\n\r\n").await;
-                for piece in ["piece", "piece", "piece", "piece", "piece"] {
-                    tokio::time::sleep(Duration::from_millis(150)).await;
-                    let _ = stream.write_all(piece.as_bytes()).await;
-                }
-            });
+    let up = Scripted::start_with(|mut stream| async move {
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 25\r\n\r\n").await;
+        for piece in ["piece", "piece", "piece", "piece", "piece"] {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let _ = stream.write_all(piece.as_bytes()).await;
         }
-    });
+    })
+    .await;
     let gh = up.gatehouse_with(r#"read_timeout = "300ms""#);
     let r = get(&gh.url("/"), &[]).await;
     assert_eq!((r.status.as_u16(), r.text()), (200, "piece".repeat(5)));
