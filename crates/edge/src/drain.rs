@@ -6,8 +6,8 @@
 //! What is still open at the deadline is closed ([`Drain::force`]).
 //! An HTTP/2 connection left idle (see [`Activity::idle`]) is asked the same
 //! way, and closed if it has not ended one idle period later (the GOAWAY
-//! exchange needs the client's answer); hyper times out only idle HTTP/1
-//! connections itself.
+//! exchange needs the client's answer); an idle HTTP/1 connection times out on
+//! its own head timeout (`front.rs`, or hyper's).
 //!
 //! The connection's task checks an atomic flag on each wake-up and hands its
 //! waker to the drain once. (A channel receiver polled on every wake-up, as a

@@ -1,7 +1,8 @@
 //! Telling when an HTTP/2 client connection is idle.
 //!
-//! hyper closes an idle HTTP/1 keep-alive connection itself (its head timeout
-//! covers the wait for the next request), but has no idle timeout for HTTP/2.
+//! An idle HTTP/1 keep-alive connection is closed by its own head timeout
+//! (`front.rs`, or hyper's after a hand-over), which covers the wait for the
+//! next request; hyper has no idle timeout for HTTP/2.
 //! An HTTP/2 connection counts its requests here instead: one with no request
 //! open and none started for a whole period is asked to close (GOAWAY) by
 //! [`crate::drain`].
