@@ -51,6 +51,14 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    // Listened for before "serving on" is printed and anything serves: a
+    // SIGTERM sent as soon as that line appears, or the first request is
+    // answered, starts a graceful shutdown instead of ending the process by
+    // its default action.
+    let mut stop_signals = {
+        let _entered = runtime.enter();
+        StopSignals::new()?
+    };
     for addr in bound.local_addrs() {
         println!(
             "gatehouse {} is serving on {}",
@@ -100,7 +108,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
             .context("cannot listen for SIGHUP")?;
         let signal = loop {
             tokio::select! {
-                signal = wait_for_signal() => break signal?,
+                signal = stop_signals.recv() => break signal,
                 _ = hup.recv() => {
                     // The outcome is logged by the reload itself.
                     let _ = controller.reload("SIGHUP").await;
@@ -124,7 +132,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
             () = async {
                 tokio::join!(server.wait(), admin_done);
             } => false,
-            _ = wait_for_signal() => true,
+            _ = stop_signals.recv() => true,
         };
         if forced {
             tracing::warn!("Second signal: exiting without waiting for connections.");
@@ -235,14 +243,29 @@ fn open_url(scheme: &str, addr: SocketAddr) -> String {
     format!("{scheme}://{host}:{}/", addr.port())
 }
 
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// SIGTERM and SIGINT, each of which asks the server to stop.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Installs the handlers; call inside a runtime.
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
+    }
+
+    /// The next stop signal's name (one that arrived since `new` counts).
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 /// Installs tokio's SIGHUP handler at once: it stays installed for the

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use gatehouse_testkit::client::{self, TestBody, body};
 use gatehouse_testkit::process::{Process, TempDir};
-use gatehouse_testkit::upstream::{Behavior, Upstream};
+use gatehouse_testkit::upstream::{Behavior, Upstream, refused_addr};
 use http::Request;
 use http_body_util::BodyExt;
 
@@ -198,6 +198,23 @@ async fn sigterm_drains_in_flight_requests() {
         .await
         .unwrap();
     assert_eq!(code, Some(0));
+}
+
+#[test]
+fn sigterm_as_soon_as_serving_is_printed_is_a_graceful_stop() {
+    // Each time at once after "serving on": the handlers must be in place by
+    // then, or the signal's default action ends the process (no exit code).
+    // A store that cannot be reached makes startup after that line slower.
+    let dir = TempDir::new("gh-early-term");
+    let extra = format!(
+        "data_dir = \"{}\"\n[store]\nurl = \"postgres://postgres@127.0.0.1:1/gatehouse\"\nconnect_timeout = \"200ms\"",
+        dir.0.join("data").display()
+    );
+    for _ in 0..10 {
+        let mut gh = Process::serve(Path::new(BIN), &proxy_to(refused_addr(), &extra));
+        gh.signal("TERM");
+        assert_eq!(gh.wait_exit(Duration::from_secs(10)), Some(0));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
