@@ -20,6 +20,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::fields::PassedFields;
 use crate::h1::UpstreamBody;
 use crate::idle::OpenRequest;
 
@@ -312,6 +313,32 @@ impl ResponseBody {
     /// Keeps the request open on its connection until the body ends.
     pub(crate) fn hold_open(&mut self, open: OpenRequest) {
         self.open = Some(open);
+    }
+
+    /// A proxied answer's header fields that are not in the response's
+    /// `HeaderMap` (see `fields.rs`).
+    pub(crate) fn passed_fields(&self) -> Option<&PassedFields> {
+        match &self.kind {
+            Kind::Upstream { body, .. } => body.fields(),
+            _ => None,
+        }
+    }
+
+    /// Takes the [`passed_fields`](Self::passed_fields): whoever does writes
+    /// them, or puts them in the map.
+    pub(crate) fn take_passed_fields(&mut self) -> Option<PassedFields> {
+        match &mut self.kind {
+            Kind::Upstream { body, .. } => body.take_fields(),
+            _ => None,
+        }
+    }
+}
+
+/// Puts a proxied answer's passed fields into the response's `HeaderMap`, for
+/// anything that reads or changes the fields, or writes only the map (hyper).
+pub(crate) fn complete_headers(resp: &mut http::Response<ResponseBody>) {
+    if let Some(fields) = resp.body_mut().take_passed_fields() {
+        fields.merge_into(resp.headers_mut());
     }
 }
 

@@ -15,6 +15,9 @@
 //!
 //! - Heads are parsed by `httparse` (hyper's own parser) into `http` types;
 //!   header values share the read buffer.
+//! - A proxied answer's header fields are written as they arrived from the
+//!   upstream ([`CarriesFields`], `fields.rs`), after those gatehouse did not
+//!   set itself.
 //! - Responses are framed per RFC 9112 §6: no body after HEAD, 204 and 304;
 //!   `Content-Length` when the length is known, chunked otherwise. A
 //!   `Transfer-Encoding` field from the handler is never passed on.
@@ -37,12 +40,13 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::body::ClientBody;
+use crate::body::{ClientBody, ResponseBody};
 use crate::drain::Entered;
+use crate::fields::PassedFields;
 use crate::h1::{FieldNames, deadline_after, parse_decimal, write_hex};
 
 /// Header fields parsed in place. A request with more (when `max_headers`
@@ -80,6 +84,21 @@ impl Limits {
     }
 }
 
+/// A response body that may hold header fields of its own: a proxied
+/// answer's, passed on without a `HeaderMap` (`fields.rs`). They are written
+/// before the response's own fields, except those the response's map also
+/// names.
+pub(crate) trait CarriesFields {
+    /// The fields, taken out of the body.
+    fn take_fields(&mut self) -> Option<PassedFields>;
+}
+
+impl CarriesFields for ResponseBody {
+    fn take_fields(&mut self) -> Option<PassedFields> {
+        self.take_passed_fields()
+    }
+}
+
 /// How [`serve`] ended.
 #[derive(Debug)]
 pub(crate) enum Ended {
@@ -101,7 +120,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(Request<ClientBody>) -> Fut,
     Fut: Future<Output = Response<B>>,
-    B: Body,
+    B: Body + CarriesFields,
 {
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut names = FieldNames::default();
@@ -216,7 +235,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(Request<ClientBody>) -> Fut,
     Fut: Future<Output = Response<B>>,
-    B: Body,
+    B: Body + CarriesFields,
 {
     let stop = AtomicBool::new(false);
     let mut front = pin!(serve(io, limits, &stop, service));
@@ -504,15 +523,17 @@ async fn respond<I, B>(
 ) -> bool
 where
     I: AsyncRead + AsyncWrite + Unpin,
-    B: Body,
+    B: Body + CarriesFields,
 {
-    let (mut parts, body) = resp.into_parts();
+    let (mut parts, mut body) = resp.into_parts();
+    let mut passed = body.take_fields();
     let mut status = parts.status;
     if status.is_informational() {
         // Never produced for the requests served here (no upgrades, no
         // `Expect`); hyper answers the same, with a bare head.
         status = StatusCode::INTERNAL_SERVER_ERROR;
         parts.headers.clear();
+        passed = None;
         close = true;
     }
     let no_body = head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
@@ -526,9 +547,14 @@ where
         out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    let mut given_length: Option<&HeaderValue> = None;
+    let mut given_length: Option<&[u8]> = None;
     let (mut has_date, mut says_close) = (false, false);
-    for (name, value) in &parts.headers {
+    let own = &parts.headers;
+    let passed = passed
+        .iter()
+        .flat_map(PassedFields::iter)
+        .filter(|(name, _)| !names(own, name));
+    for (name, value) in passed.chain(own.iter().map(|(n, v)| (n, v.as_bytes()))) {
         match *name {
             header::CONTENT_LENGTH => {
                 given_length.get_or_insert(value);
@@ -537,7 +563,6 @@ where
             header::TRANSFER_ENCODING => continue,
             header::CONNECTION => {
                 says_close |= value
-                    .as_bytes()
                     .split(|b| *b == b',')
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
                 close |= says_close;
@@ -547,7 +572,7 @@ where
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
     let ended = body.is_end_stream();
@@ -556,14 +581,14 @@ where
         if status != StatusCode::NO_CONTENT {
             // The length of what a GET would have got, as the handler gave it.
             if let Some(given) = given_length {
-                put_field(out, b"content-length: ", given.as_bytes());
+                put_field(out, b"content-length: ", given);
             } else if let Some(n) = exact.filter(|&n| head_only && n > 0) {
                 put_length(out, n);
             }
         }
         Framing::None
     } else {
-        let length = exact.or_else(|| given_length.and_then(|v| parse_decimal(v.as_bytes())));
+        let length = exact.or_else(|| given_length.and_then(parse_decimal));
         match length {
             Some(n) => {
                 put_length(out, n);
@@ -704,6 +729,16 @@ where
     .await?;
     out.clear();
     Ok(())
+}
+
+/// Whether `map` has a field called `name`. gatehouse's own fields in a proxied
+/// answer are few: a scan is cheaper than hashing.
+fn names(map: &HeaderMap, name: &HeaderName) -> bool {
+    if map.keys_len() <= 8 {
+        map.keys().any(|k| k == name)
+    } else {
+        map.contains_key(name)
+    }
 }
 
 fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -882,6 +917,12 @@ mod tests {
     struct Frames {
         frames: VecDeque<Result<Bytes, &'static str>>,
         exact: Option<u64>,
+    }
+
+    impl CarriesFields for Frames {
+        fn take_fields(&mut self) -> Option<PassedFields> {
+            None
+        }
     }
 
     impl Body for Frames {

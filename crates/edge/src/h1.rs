@@ -7,8 +7,9 @@
 //! reads the response on the same socket, and the response body is read by
 //! whoever polls it (hyper's server side, writing to the client).
 //!
-//! - Response heads are parsed by `httparse` (hyper's own parser) into `http`
-//!   types; header values share one buffer.
+//! - Response heads are parsed by `httparse` (hyper's own parser); the header
+//!   fields stay in the head's bytes ([`PassedFields`]) and become a
+//!   `HeaderMap` only where something reads or changes them.
 //! - Response bodies are framed per RFC 9112 §6.3: none for HEAD, 1xx, 204 and
 //!   304; chunked when `Transfer-Encoding` ends in `chunked`; `Content-Length`
 //!   (a list must agree); otherwise until the upstream closes.
@@ -26,11 +27,12 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::connect::Stream;
+use crate::fields::PassedFields;
 use crate::forwarding::ProxyHeaders;
 
 use crate::body::{RequestBody, RequestBodyError};
@@ -325,7 +327,7 @@ pub(crate) struct ParsedHead {
     /// The end-to-end header fields: hop-by-hop ones (RFC 9110 §7.6.1) and those
     /// `Connection` names are left out, except in a `101` answer, which keeps
     /// them all for the client.
-    pub(crate) headers: HeaderMap,
+    pub(crate) fields: PassedFields,
     /// Bytes after the head, already read.
     pub(crate) rest: Bytes,
     /// `Connection: close` was sent.
@@ -337,6 +339,14 @@ pub(crate) struct ParsedHead {
 }
 
 impl ParsedHead {
+    /// The fields as a map, as a response written by hyper would carry them.
+    #[cfg(test)]
+    pub(crate) fn headers(&self) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        self.fields.clone().merge_into(&mut map);
+        map
+    }
+
     /// Not an interim answer (`100 Continue`, `103 Early Hints`); `101` is final.
     fn is_final(&self) -> bool {
         !self.status.is_informational() || self.status == StatusCode::SWITCHING_PROTOCOLS
@@ -457,7 +467,7 @@ fn parse_head_with(buf: &mut BytesMut, names: &mut FieldNames) -> Result<Option<
     let mut head = ParsedHead {
         status,
         version,
-        headers: HeaderMap::with_capacity(fields),
+        fields: PassedFields::with_capacity(bytes.clone(), fields),
         rest: Bytes::new(),
         close: false,
         chunked: None,
@@ -467,8 +477,7 @@ fn parse_head_with(buf: &mut BytesMut, names: &mut FieldNames) -> Result<Option<
     let mut listed: Vec<HeaderName> = Vec::new();
     for (position, &[name_start, name_end, value_start, value_end]) in spans[..fields].iter().enumerate() {
         let field = &bytes[name_start as usize..name_end as usize];
-        let value_range = value_start as usize..value_end as usize;
-        let raw = &bytes[value_range.clone()];
+        let raw = &bytes[value_start as usize..value_end as usize];
         let name = names.name(position, field)?;
         match name.as_str() {
             "connection" => {
@@ -496,15 +505,13 @@ fn parse_head_with(buf: &mut BytesMut, names: &mut FieldNames) -> Result<Option<
             other if !keep_all && crate::forwarding::hop_by_hop_index(other).is_some() => continue,
             _ => {}
         }
-        let value = HeaderValue::from_maybe_shared(bytes.slice(value_range))
-            .map_err(|_| ExchangeError::Invalid("header value"))?;
-        head.headers.append(name, value);
+        head.fields.push(name, value_start, value_end);
     }
     if !keep_all {
         for name in listed {
             // Never let `Connection` remove what the framing relies on.
             if name != header::CONTENT_LENGTH {
-                head.headers.remove(&name);
+                head.fields.remove(&name);
             }
         }
     }
@@ -529,7 +536,7 @@ fn framing(method: &Method, head: &mut ParsedHead) -> Result<(Framing, bool), Ex
         // RFC 9112 §6.3: the transfer coding wins over a length, and such a
         // message is not trusted to leave the connection clean.
         if head.length != Length::Absent {
-            head.headers.remove(header::CONTENT_LENGTH);
+            head.fields.remove(&header::CONTENT_LENGTH);
             keep_alive = false;
         }
         return Ok(if chunked {
@@ -869,7 +876,7 @@ impl Exchange {
         extra: &ProxyHeaders,
         host: &HeaderValue,
         timeout: Duration,
-    ) -> Result<(http::response::Parts, Box<Exchange>), Failed> {
+    ) -> Result<(http::response::Parts, PassedFields, Box<Exchange>), Failed> {
         let (parts, body) = req.into_parts();
         let mut head = std::mem::take(&mut conn.head);
         let chunked = encode_head(&mut head, &parts, (extra, host), &body);
@@ -907,7 +914,10 @@ impl Exchange {
             polled => polled,
         });
         match head.await {
-            Ok(head) => Ok((response_parts(head), x)),
+            Ok(head) => {
+                let (parts, fields) = response_parts(head);
+                Ok((parts, fields, x))
+            }
             Err(error) => {
                 // Not after a timeout: the request may still be running.
                 let resendable = !x.answered
@@ -1023,18 +1033,20 @@ fn encode_head(
     chunked
 }
 
-fn response_parts(head: ParsedHead) -> http::response::Parts {
+/// The response's parts, with an empty `HeaderMap`, and its header fields.
+fn response_parts(head: ParsedHead) -> (http::response::Parts, PassedFields) {
     let (mut parts, ()) = Response::new(()).into_parts();
     parts.status = head.status;
     parts.version = head.version;
-    parts.headers = head.headers;
-    parts
+    (parts, head.fields)
 }
 
 /// A response body read from an upstream connection, which goes back to its
 /// pool when the body is complete, or is closed if the body is dropped before.
 pub(crate) struct UpstreamBody {
     exchange: Option<Box<Exchange>>,
+    /// The answer's header fields until they are written or put in a map.
+    fields: Option<PassedFields>,
     pool: Arc<TargetPool>,
     read_timeout: Duration,
     /// Whether the connection's timer counts `read_timeout`: set the first
@@ -1044,9 +1056,15 @@ pub(crate) struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(exchange: Box<Exchange>, pool: Arc<TargetPool>, read_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        exchange: Box<Exchange>,
+        fields: PassedFields,
+        pool: Arc<TargetPool>,
+        read_timeout: Duration,
+    ) -> Self {
         let mut body = Self {
             exchange: Some(exchange),
+            fields: Some(fields),
             pool,
             read_timeout,
             waited: false,
@@ -1056,6 +1074,16 @@ impl UpstreamBody {
             body.finish();
         }
         body
+    }
+
+    /// The answer's header fields, the first time this is called.
+    pub(crate) fn take_fields(&mut self) -> Option<PassedFields> {
+        self.fields.take()
+    }
+
+    /// The answer's header fields, unless taken.
+    pub(crate) fn fields(&self) -> Option<&PassedFields> {
+        self.fields.as_ref()
     }
 
     fn finish(&mut self) {

@@ -34,6 +34,7 @@ use gatehouse_policy::{ConcurrencyGuard, Decision};
 
 use crate::body::{
     BodyFault, BodyRules, ClientBody, InFlight, PendingLog, RequestBody, RequestBodyError, ResponseBody,
+    complete_headers,
 };
 use crate::forwarding::{self, PeerInfo, ProxyHeaders, X_REQUEST_ID};
 use crate::h1::ExchangeError;
@@ -300,8 +301,18 @@ impl Worker {
     }
 
     /// Handles one request from a client connection. Never fails: every problem
-    /// becomes a response.
+    /// becomes a response, whose `HeaderMap` holds all its fields.
     pub(crate) async fn handle(&self, conn: &ConnCtx, req: Request<ClientBody>) -> Response<ResponseBody> {
+        let mut resp = self.handle_passing(conn, req).await;
+        complete_headers(&mut resp);
+        resp
+    }
+
+    /// [`handle`](Self::handle), except that a proxied answer's header fields
+    /// may stay in the response body ([`ResponseBody::take_passed_fields`]),
+    /// for a writer that takes them from there (`front.rs`). Fields in the
+    /// `HeaderMap` replace passed ones of the same name.
+    pub(crate) async fn handle_passing(&self, conn: &ConnCtx, req: Request<ClientBody>) -> Response<ResponseBody> {
         // Open on its HTTP/2 connection until the response body ends.
         let open = conn.activity.as_ref().map(Activity::begin);
         let start = Instant::now();
@@ -401,6 +412,18 @@ impl Worker {
     /// app sees a 429 or 503 rather than a CORS error).
     fn response_filter(&self, ctx: &mut Ctx<'_>, resp: &mut Response<ResponseBody>) {
         let Some(route) = ctx.matched else { return };
+        // A proxied answer's fields go into the map first when anything below
+        // reads or changes them; otherwise they are passed on as they are.
+        if let Some(fields) = resp.body().passed_fields() {
+            let changes = ctx.decision.is_some()
+                || (!ctx.preflight && route.policy.cors.is_some())
+                || fields.get(&header::CONTENT_TYPE).is_some_and(is_html_type)
+                || !route.site.policy.response_headers.is_empty()
+                || !route.policy.response_headers.is_empty();
+            if changes {
+                complete_headers(resp);
+            }
+        }
         let h = resp.headers_mut();
         if let Some(d) = &ctx.decision {
             d.write_headers(h);
@@ -896,7 +919,11 @@ impl Worker {
                 );
             };
             let request_id = ctx.request_id.clone();
-            let (parts, body) = resp.into_parts();
+            let (mut parts, mut body) = resp.into_parts();
+            // hyper writes this answer (the client's request asked to upgrade).
+            if let Some(fields) = body.take_fields() {
+                fields.merge_into(&mut parts.headers);
+            }
             let Some(mut upstream) = body.into_upgraded() else {
                 return local_error(StatusCode::BAD_GATEWAY, "upstream connection lost", &ctx.request_id);
             };
@@ -916,6 +943,10 @@ impl Worker {
         // Hop-by-hop fields were left out when the head was read (h1.rs).
         if choice.set_cookie {
             if let (KeyKind::Cookie(sticky), Some(spec)) = (&pool.key, pool.balancer.target(choice.index)) {
+                // Added beside the upstream's own cookies, not instead of them.
+                if let Some(fields) = resp.body_mut().take_fields() {
+                    fields.merge_into(resp.headers_mut());
+                }
                 if let Ok(v) = HeaderValue::from_str(&sticky.set_cookie(spec.id)) {
                     resp.headers_mut().append(header::SET_COOKIE, v);
                 }
@@ -953,11 +984,13 @@ impl Worker {
 
 /// Whether a response is an HTML page (`text/html` or `application/xhtml+xml`).
 fn is_html(h: &http::HeaderMap) -> bool {
-    h.get(header::CONTENT_TYPE).is_some_and(|v| {
-        let b = v.as_bytes();
-        let essence = b.split(|c| *c == b';').next().unwrap_or_default().trim_ascii();
-        essence.eq_ignore_ascii_case(b"text/html") || essence.eq_ignore_ascii_case(b"application/xhtml+xml")
-    })
+    h.get(header::CONTENT_TYPE).is_some_and(|v| is_html_type(v.as_bytes()))
+}
+
+/// A `Content-Type` value naming an HTML or XHTML page.
+fn is_html_type(value: &[u8]) -> bool {
+    let essence = value.split(|c| *c == b';').next().unwrap_or_default().trim_ascii();
+    essence.eq_ignore_ascii_case(b"text/html") || essence.eq_ignore_ascii_case(b"application/xhtml+xml")
 }
 
 /// Methods that may be repeated without changing the outcome (RFC 9110 §9.2.2).

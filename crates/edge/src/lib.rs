@@ -14,6 +14,7 @@
 mod body;
 mod connect;
 mod drain;
+mod fields;
 mod forwarding;
 mod front;
 mod generation;

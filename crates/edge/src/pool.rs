@@ -15,6 +15,7 @@ use gatehouse_config::{Target, Upstream};
 use http::{HeaderValue, Request, Response};
 
 use crate::body::RequestBody;
+use crate::fields::PassedFields;
 use crate::forwarding::ProxyHeaders;
 use crate::h1::{Conn, Exchange, ExchangeError, Failed, UpstreamBody};
 
@@ -149,7 +150,7 @@ impl TargetPool {
         let mut req = req;
         if let Some(conn) = self.take_idle() {
             match Exchange::start(conn, req, extra, host, timeout).await {
-                Ok((parts, exchange)) => return Ok(self.response(parts, exchange)),
+                Ok((parts, fields, exchange)) => return Ok(self.response(parts, fields, exchange)),
                 Err(Failed {
                     error,
                     unsent: Some(unsent),
@@ -167,13 +168,21 @@ impl TargetPool {
             Err(e) => return Err((e, Some(req))),
         };
         match Exchange::start(conn, req, extra, host, timeout).await {
-            Ok((parts, exchange)) => Ok(self.response(parts, exchange)),
+            Ok((parts, fields, exchange)) => Ok(self.response(parts, fields, exchange)),
             Err(Failed { error, unsent }) => Err((self.exchange_error(error), unsent)),
         }
     }
 
-    fn response(self: &Arc<Self>, parts: http::response::Parts, exchange: Box<Exchange>) -> Response<UpstreamBody> {
-        Response::from_parts(parts, UpstreamBody::new(exchange, self.clone(), self.read_timeout))
+    fn response(
+        self: &Arc<Self>,
+        parts: http::response::Parts,
+        fields: PassedFields,
+        exchange: Box<Exchange>,
+    ) -> Response<UpstreamBody> {
+        Response::from_parts(
+            parts,
+            UpstreamBody::new(exchange, fields, self.clone(), self.read_timeout),
+        )
     }
 
     fn exchange_error(&self, source: ExchangeError) -> SendError {

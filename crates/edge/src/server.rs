@@ -636,7 +636,7 @@ async fn accept_loop(
                 // current when it arrives.
                 let worker = current.load_full();
                 let ctx = conn.get(&worker);
-                async move { worker.handle(&ctx, req).await }
+                async move { worker.handle_passing(&ctx, req).await }
             })
             .await;
             let replay = match served {

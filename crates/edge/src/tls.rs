@@ -236,7 +236,7 @@ pub(crate) async fn serve_connection(
         let served = front::serve_draining(&mut stream, &limits, &mut entered, |req| {
             let worker = current.load_full();
             let conn = conn.clone();
-            async move { worker.handle(&conn, req).await }
+            async move { worker.handle_passing(&conn, req).await }
         })
         .await;
         let read = match served {

@@ -599,3 +599,109 @@ async fn an_upstream_silent_mid_body_is_cut_off_after_read_timeout() {
         started.elapsed()
     );
 }
+
+/// An answer with repeated fields, hop-by-hop fields, and an `X-Request-Id` of
+/// the upstream's own. `Connection: close`: every request gets a connection of
+/// its own, which `After::Drain` reads to the end (request bodies included).
+const MANY_FIELDS: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-A: 1\r\nSet-Cookie: a=1\r\n\
+X-Request-Id: from-upstream\r\nConnection: close, X-Hop\r\nX-Hop: gone\r\nKeep-Alive: timeout=5\r\n\
+X-A: 2\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok";
+
+/// Every value of `name` in `r`, in order.
+fn all<'r>(r: &'r client::Reply, name: &str) -> Vec<&'r str> {
+    r.headers.get_all(name).iter().map(|v| v.to_str().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn an_answers_fields_reach_the_client_alike_on_every_kind_of_connection() {
+    let up = Scripted::start(MANY_FIELDS, After::Drain).await;
+    let gh = up.gatehouse();
+    let bodyless = get(&gh.url("/"), &[]).await;
+    let head = send(
+        &client::http1(),
+        Request::head(gh.url("/")).body(body(Bytes::new())).unwrap(),
+    )
+    .await;
+    // A body sends the request to hyper's HTTP/1 server; h2c is HTTP/2.
+    let with_body = send(&client::http1(), Request::post(gh.url("/")).body(body("data")).unwrap()).await;
+    let http2 = send(
+        &client::h2c(),
+        Request::get(gh.url("/")).body(body(Bytes::new())).unwrap(),
+    )
+    .await;
+    for (what, r) in [
+        ("GET", &bodyless),
+        ("HEAD", &head),
+        ("POST", &with_body),
+        ("h2c", &http2),
+    ] {
+        assert_eq!(r.status, 200, "{what}");
+        assert_eq!(all(r, "x-a"), ["1", "2"], "{what}");
+        assert_eq!(all(r, "set-cookie"), ["a=1", "b=2"], "{what}");
+        assert_eq!(all(r, "content-type"), ["text/plain"], "{what}");
+        let ids = all(r, "x-request-id");
+        assert_eq!(ids.len(), 1, "{what}: gatehouse's id replaces the upstream's: {ids:?}");
+        assert_ne!(ids[0], "from-upstream", "{what}");
+        for hop in ["x-hop", "keep-alive"] {
+            assert!(r.headers.get(hop).is_none(), "{what}: {hop} is hop-by-hop");
+        }
+        // Not an HTML page: no security headers.
+        assert!(r.headers.get("x-content-type-options").is_none(), "{what}");
+    }
+    assert_eq!(
+        (bodyless.text(), with_body.text(), http2.text()),
+        ("ok".into(), "ok".into(), "ok".into())
+    );
+    assert_eq!((head.header("content-length"), head.body.len()), ("2", 0));
+    // Each request was its own upstream exchange with its own id.
+    assert_eq!(up.connections(), 4);
+    assert_ne!(bodyless.header("x-request-id"), http2.header("x-request-id"));
+}
+
+#[tokio::test]
+async fn response_rules_and_security_headers_see_the_upstreams_fields() {
+    let up = Scripted::start(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nX-A: 1\r\nX-B: theirs\r\n\
+X-Frame-Options: SAMEORIGIN\r\nSet-Cookie: a=1\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        After::Drain,
+    )
+    .await;
+    let gh = Gatehouse::start(&format!(
+        r#"
+[upstream.app]
+targets = ["{}"]
+
+[[site]]
+default = true
+  [[site.route]]
+  path = "/"
+  upstream = "app"
+  headers = {{ response = {{ remove = ["x-a"], set = {{ x-b = "ours" }}, add = {{ set-cookie = "c=3" }} }} }}
+"#,
+        up.target
+    ));
+    let r = get(&gh.url("/"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers.get("x-a").is_none(), "removed by the rule");
+    assert_eq!(all(&r, "x-b"), ["ours"], "set replaces the upstream's value");
+    assert_eq!(all(&r, "set-cookie"), ["a=1", "c=3"], "add keeps the upstream's");
+    // An HTML page gets the security headers it lacks and keeps its own.
+    assert_eq!(all(&r, "x-frame-options"), ["SAMEORIGIN"]);
+    assert_eq!(all(&r, "x-content-type-options"), ["nosniff"]);
+    assert_eq!(all(&r, "content-type"), ["text/html; charset=utf-8"]);
+}
+
+#[tokio::test]
+async fn a_sticky_cookie_is_added_beside_the_upstreams_cookies() {
+    let up = Scripted::start(
+        b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        After::Drain,
+    )
+    .await;
+    let gh = up.gatehouse_with("balance = \"cookie\"\ncookie = { name = \"gh_app\" }");
+    let r = get(&gh.url("/"), &[]).await;
+    let cookies = all(&r, "set-cookie");
+    assert_eq!(cookies.len(), 3, "{cookies:?}");
+    assert_eq!(cookies[..2], ["a=1", "b=2"]);
+    assert!(cookies[2].starts_with("gh_app="), "{cookies:?}");
+}
