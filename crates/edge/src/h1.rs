@@ -19,6 +19,7 @@
 //! - A connection goes back to its pool only when both messages are complete,
 //!   nothing extra arrived, and neither side asked to close.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -846,7 +847,10 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
 pub(crate) struct Exchange {
     conn: Conn,
     send: Sender,
-    method: Method,
+    /// The request, but its body: its method frames the answer, and all of
+    /// it is given back when the request may be sent again. Kept here rather
+    /// than in the future that waits for the head, so that future stays small.
+    request: http::request::Parts,
     framing: Framing,
     keep_alive: bool,
     /// Body bytes that arrived with the head.
@@ -870,13 +874,16 @@ pub(crate) struct Failed {
 impl Exchange {
     /// Writes `req` with gatehouse's headers `extra` and `Host: host` on `conn`
     /// and waits for the response head, at most `timeout`.
-    pub(crate) async fn start(
+    ///
+    /// Not an `async fn`: the head is encoded and the exchange boxed right
+    /// away, so the future holds only the box, not `conn` and `req` as well.
+    pub(crate) fn start(
         mut conn: Conn,
         req: Request<RequestBody>,
         extra: &ProxyHeaders,
         host: &HeaderValue,
         timeout: Duration,
-    ) -> Result<(http::response::Parts, PassedFields, Box<Exchange>), Failed> {
+    ) -> impl Future<Output = Result<(http::response::Parts, PassedFields, Box<Exchange>), Failed>> + use<> {
         let (parts, body) = req.into_parts();
         let mut head = std::mem::take(&mut conn.head);
         let chunked = encode_head(&mut head, &parts, (extra, host), &body);
@@ -900,7 +907,7 @@ impl Exchange {
                 done: false,
                 failed: false,
             },
-            method: parts.method.clone(),
+            request: parts,
             framing: Framing::Done,
             keep_alive: false,
             rest: Bytes::new(),
@@ -908,27 +915,30 @@ impl Exchange {
             switching: false,
             scanned: 0,
         });
-        x.conn.arm(deadline_after(timeout));
-        let head = std::future::poll_fn(|cx| match x.poll_head(cx) {
-            Poll::Pending if x.conn.poll_deadline(cx) => Poll::Ready(Err(ExchangeError::ResponseTimeout(timeout))),
-            polled => polled,
-        });
-        match head.await {
-            Ok(head) => {
-                let (parts, fields) = response_parts(head);
-                Ok((parts, fields, x))
-            }
-            Err(error) => {
-                // Not after a timeout: the request may still be running.
-                let resendable = !x.answered
-                    && !x.send.started
-                    && !matches!(error, ExchangeError::RequestBody(_) | ExchangeError::ResponseTimeout(_))
-                    && (crate::handler::is_idempotent(&parts.method) || !x.send.out.wrote);
-                let unsent = resendable.then(|| {
-                    let body = x.send.body.take().unwrap_or_else(RequestBody::empty);
-                    Request::from_parts(parts, body)
-                });
-                Err(Failed { error, unsent })
+        async move {
+            x.conn.arm(deadline_after(timeout));
+            let head = std::future::poll_fn(|cx| match x.poll_head(cx) {
+                Poll::Pending if x.conn.poll_deadline(cx) => Poll::Ready(Err(ExchangeError::ResponseTimeout(timeout))),
+                polled => polled,
+            });
+            match head.await {
+                Ok(head) => {
+                    let (parts, fields) = response_parts(head);
+                    Ok((parts, fields, x))
+                }
+                Err(error) => {
+                    // Not after a timeout: the request may still be running.
+                    let resendable = !x.answered
+                        && !x.send.started
+                        && !matches!(error, ExchangeError::RequestBody(_) | ExchangeError::ResponseTimeout(_))
+                        && (crate::handler::is_idempotent(&x.request.method) || !x.send.out.wrote);
+                    let unsent = resendable.then(|| {
+                        let x = *x;
+                        let body = x.send.body.unwrap_or_else(RequestBody::empty);
+                        Request::from_parts(x.request, body)
+                    });
+                    Err(Failed { error, unsent })
+                }
             }
         }
     }
@@ -937,7 +947,7 @@ impl Exchange {
         loop {
             self.send.progress(&mut self.conn.io, cx)?;
             if let Some(mut head) = take_head(&mut self.conn.buf, &mut self.scanned, &mut self.conn.names)? {
-                let (framing, keep_alive) = framing(&self.method, &mut head)?;
+                let (framing, keep_alive) = framing(&self.request.method, &mut head)?;
                 self.framing = framing;
                 self.switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
                 self.keep_alive = keep_alive && !self.switching;

@@ -640,7 +640,9 @@ impl Worker {
                     target.push('?');
                     target.push_str(q);
                 }
-                let mut resp = files.serve(req.method(), &target, req.headers()).await;
+                // Boxed: file serving's state is large, and would otherwise
+                // size (and be copied with) every request's future.
+                let mut resp = Box::pin(files.serve(req.method(), &target, req.headers())).await;
                 if let Some(queue) = &conn.sendfile {
                     // HTTP/2 frames its data itself; only HTTP/1 writes regions.
                     if req.version() <= http::Version::HTTP_11 && files.sendfile() {
@@ -812,15 +814,12 @@ impl Worker {
             };
             let may_retry = || (n_tried as u32) < pool.attempts && pool.budget.try_retry();
 
-            // Boxed: the exchange's state is built once on the heap instead of
-            // being moved through this future's own state. The response
-            // timeout runs on the connection's timer (`h1.rs`).
-            let sent = Box::pin(
-                target
-                    .pool
-                    .send(upstream_req, &proxy_headers, &host_header, pool.response_timeout),
-            )
-            .await;
+            // The exchange's state is on the heap (`h1.rs`), so this future
+            // is small. The response timeout runs on the connection's timer.
+            let sent = target
+                .pool
+                .send(upstream_req, &proxy_headers, &host_header, pool.response_timeout)
+                .await;
             ctx.upstream_duration = Some(start.elapsed());
             match sent {
                 Ok(resp) => {

@@ -142,34 +142,35 @@ impl TargetPool {
     /// target.
     pub(crate) async fn send(
         self: &Arc<Self>,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
         extra: &ProxyHeaders,
         host: &HeaderValue,
         timeout: Duration,
     ) -> Result<Response<UpstreamBody>, (SendError, Option<Request<RequestBody>>)> {
-        let mut req = req;
-        if let Some(conn) = self.take_idle() {
+        let mut pooled = self.take_idle();
+        // One `Exchange::start` in the future's state whichever connection is
+        // used, and connecting (rare: connections are pooled) boxed: the
+        // future stays small, so creating and awaiting it copies little.
+        loop {
+            let was_pooled = pooled.is_some();
+            let conn = match pooled.take() {
+                Some(conn) => conn,
+                None => match Box::pin(self.connect()).await {
+                    Ok(c) => c,
+                    Err(e) => return Err((e, Some(req))),
+                },
+            };
             match Exchange::start(conn, req, extra, host, timeout).await {
                 Ok((parts, fields, exchange)) => return Ok(self.response(parts, fields, exchange)),
                 Err(Failed {
                     error,
                     unsent: Some(unsent),
-                }) => {
+                }) if was_pooled => {
                     tracing::debug!(upstream = %self.target.id, %error, "Pooled connection failed; sending on a new one.");
                     req = unsent;
                 }
-                Err(Failed {
-                    error, unsent: None, ..
-                }) => return Err((self.exchange_error(error), None)),
+                Err(Failed { error, unsent }) => return Err((self.exchange_error(error), unsent)),
             }
-        }
-        let conn = match self.connect().await {
-            Ok(c) => c,
-            Err(e) => return Err((e, Some(req))),
-        };
-        match Exchange::start(conn, req, extra, host, timeout).await {
-            Ok((parts, fields, exchange)) => Ok(self.response(parts, fields, exchange)),
-            Err(Failed { error, unsent }) => Err((self.exchange_error(error), unsent)),
         }
     }
 
