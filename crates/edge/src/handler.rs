@@ -324,8 +324,10 @@ impl Worker {
         } else {
             conn.peer.ip
         };
-        let request_id = match req.headers().get(&X_REQUEST_ID) {
-            Some(id) if conn.peer.trusted && request_id::acceptable(id) => id.clone(),
+        // Looked up only where it may be believed.
+        let incoming_id = conn.peer.trusted.then(|| req.headers().get(&X_REQUEST_ID)).flatten();
+        let request_id = match incoming_id {
+            Some(id) if request_id::acceptable(id) => id.clone(),
             _ => request_id::generate(),
         };
         // The authority of an absolute-form (HTTP/1) or HTTP/2 request wins over
