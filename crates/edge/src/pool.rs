@@ -44,13 +44,26 @@ pub(crate) enum SendError {
 /// Connection pool of one target.
 pub(crate) struct TargetPool {
     pub(crate) target: Target,
-    /// Oldest first; requests take the most recently used.
-    idle: Mutex<VecDeque<IdleConn>>,
+    idle: Mutex<Idle>,
     max_idle: usize,
+    /// How often `put` sweeps: [`SWEEP_EVERY`], or `idle_timeout` if shorter.
+    sweep_every: Duration,
     idle_timeout: Duration,
     connect_timeout: Duration,
     /// Longest pause between two reads of a response body.
     read_timeout: Duration,
+}
+
+/// How often putting a connection back also closes idle ones that expired or
+/// that the upstream closed. Looking at a socket on every put cost more than
+/// all the rest of putting the connection back.
+const SWEEP_EVERY: Duration = Duration::from_millis(500);
+
+struct Idle {
+    /// Oldest first; requests take the most recently used.
+    conns: VecDeque<IdleConn>,
+    /// When `put` last swept.
+    swept: Instant,
 }
 
 struct IdleConn {
@@ -62,8 +75,12 @@ impl TargetPool {
     pub(crate) fn new(target: Target, upstream: &Upstream) -> Arc<Self> {
         Arc::new(Self {
             target,
-            idle: Mutex::new(VecDeque::new()),
+            idle: Mutex::new(Idle {
+                conns: VecDeque::new(),
+                swept: Instant::now(),
+            }),
             max_idle: upstream.keepalive,
+            sweep_every: SWEEP_EVERY.min(upstream.idle_timeout),
             idle_timeout: upstream.idle_timeout,
             connect_timeout: upstream.connect_timeout,
             read_timeout: upstream.read_timeout,
@@ -85,30 +102,31 @@ impl TargetPool {
             && self.read_timeout == upstream.read_timeout
     }
 
-    /// Takes back a connection whose exchange ended cleanly, and closes idle
-    /// connections at the old end that expired or that the upstream closed
-    /// (nothing else watches idle connections, so they are swept here).
+    /// Takes back a connection whose exchange ended cleanly. At most every
+    /// `sweep_every`, also closes idle connections at the old end that expired
+    /// or that the upstream closed (nothing else watches idle connections, so
+    /// they are swept here; `take_idle` checks the one it takes).
     pub(crate) fn put(&self, conn: Conn) {
-        if let Ok(mut idle) = self.idle.lock() {
-            while let Some(oldest) = idle.front_mut() {
-                if oldest.since.elapsed() < self.idle_timeout && oldest.conn.is_reusable() {
+        let Ok(mut idle) = self.idle.lock() else { return };
+        let now = Instant::now();
+        if now.saturating_duration_since(idle.swept) >= self.sweep_every {
+            idle.swept = now;
+            while let Some(oldest) = idle.conns.front_mut() {
+                if now.saturating_duration_since(oldest.since) < self.idle_timeout && oldest.conn.is_reusable() {
                     break;
                 }
-                idle.pop_front();
+                idle.conns.pop_front();
             }
-            if idle.len() < self.max_idle {
-                idle.push_back(IdleConn {
-                    conn,
-                    since: Instant::now(),
-                });
-            }
+        }
+        if idle.conns.len() < self.max_idle {
+            idle.conns.push_back(IdleConn { conn, since: now });
         }
     }
 
     /// The most recently used connection that is still open, if any.
     fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
-        while let Some(mut idle_conn) = idle.pop_back() {
+        while let Some(mut idle_conn) = idle.conns.pop_back() {
             if idle_conn.since.elapsed() < self.idle_timeout && idle_conn.conn.is_reusable() {
                 return Some(idle_conn.conn);
             }
@@ -218,7 +236,7 @@ mod tests {
     }
 
     fn idle_count(pool: &TargetPool) -> usize {
-        pool.idle.lock().unwrap().len()
+        pool.idle.lock().unwrap().conns.len()
     }
 
     #[tokio::test]
@@ -229,8 +247,8 @@ mod tests {
         pool.put(a);
         assert_eq!(idle_count(&pool), 1);
         drop(a_upstream);
-        // Let the runtime's poller see the close.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Let the runtime's poller see the close, and the next sweep come due.
+        tokio::time::sleep(SWEEP_EVERY + Duration::from_millis(50)).await;
         tokio::task::yield_now().await;
         pool.put(b);
         assert_eq!(
