@@ -103,13 +103,15 @@ impl TargetPool {
     }
 
     /// Takes back a connection whose exchange ended cleanly. At most every
-    /// `sweep_every`, also closes idle connections at the old end that expired
-    /// or that the upstream closed (nothing else watches idle connections, so
-    /// they are swept here; `take_idle` checks the one it takes).
+    /// `sweep_every`, and whenever the pool is full, also closes idle
+    /// connections at the old end that expired or that the upstream closed
+    /// (nothing else watches idle connections, so they are swept here;
+    /// `take_idle` checks the one it takes).
     pub(crate) fn put(&self, conn: Conn) {
         let Ok(mut idle) = self.idle.lock() else { return };
         let now = Instant::now();
-        if now.saturating_duration_since(idle.swept) >= self.sweep_every {
+        let full = idle.conns.len() >= self.max_idle;
+        if full || now.saturating_duration_since(idle.swept) >= self.sweep_every {
             idle.swept = now;
             while let Some(oldest) = idle.conns.front_mut() {
                 if now.saturating_duration_since(oldest.since) < self.idle_timeout && oldest.conn.is_reusable() {
@@ -218,9 +220,14 @@ mod tests {
     use crate::connect::Stream;
 
     async fn pool_and_listener(idle_timeout: &str) -> (Arc<TargetPool>, tokio::net::TcpListener) {
+        pool_with(&format!("idle_timeout = \"{idle_timeout}\"")).await
+    }
+
+    /// A pool for one target on a local listener, with `settings` in its upstream.
+    async fn pool_with(settings: &str) -> (Arc<TargetPool>, tokio::net::TcpListener) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let toml = format!(
-            "[upstream.app]\ntargets = [\"{}\"]\nidle_timeout = \"{idle_timeout}\"\n",
+            "[upstream.app]\ntargets = [\"{}\"]\n{settings}\n",
             listener.local_addr().unwrap()
         );
         let cfg = gatehouse_config::parse_with_env(&toml, std::path::Path::new("t.toml"), &|_| None).unwrap();
@@ -257,6 +264,30 @@ mod tests {
             "the closed connection was dropped, the live one kept"
         );
         assert!(pool.take_idle().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_makes_room_by_sweeping_closed_connections() {
+        let (pool, listener) = pool_with("keepalive = 2").await;
+        let mut ends = Vec::new();
+        for _ in 0..pool.max_idle {
+            let (conn, end) = open(&listener).await;
+            ends.push(end);
+            pool.put(conn);
+        }
+        // The upstream closes the oldest connection, well before the next
+        // timed sweep is due.
+        drop(ends.remove(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::task::yield_now().await;
+        let (fresh, _end) = open(&listener).await;
+        pool.put(fresh);
+        assert_eq!(idle_count(&pool), pool.max_idle, "the closed one made room");
+        let newest = pool.idle.lock().unwrap().conns.back().map(|c| c.since);
+        assert!(
+            newest.is_some_and(|t| t.elapsed() < Duration::from_millis(40)),
+            "the fresh one was kept"
+        );
     }
 
     #[tokio::test]
