@@ -438,6 +438,8 @@ fn parse_head_with(buf: &mut BytesMut, names: &mut FieldNames) -> Result<Option<
         // Only the first MAX_HEAD bytes can hold a head: what lies beyond never
         // changes the outcome, however the bytes arrived.
         let window = &buf[..buf.len().min(MAX_HEAD)];
+        // The default config refuses folded lines (obs-fold): no value can
+        // hold CR or LF, so values may be passed to clients as they are.
         let parsed =
             httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, window, &mut slots);
         let len = match parsed {
@@ -847,10 +849,12 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
 pub(crate) struct Exchange {
     conn: Conn,
     send: Sender,
-    /// The request, but its body: its method frames the answer, and all of
-    /// it is given back when the request may be sent again. Kept here rather
-    /// than in the future that waits for the head, so that future stays small.
-    request: http::request::Parts,
+    /// Frames the answer.
+    method: Method,
+    /// The request, but its body, until the answer's head is in: it is given
+    /// back when the request may be sent again. Kept here rather than in the
+    /// future that waits for the head, so that future stays small.
+    request: Option<http::request::Parts>,
     framing: Framing,
     keep_alive: bool,
     /// Body bytes that arrived with the head.
@@ -907,7 +911,8 @@ impl Exchange {
                 done: false,
                 failed: false,
             },
-            request: parts,
+            method: parts.method.clone(),
+            request: Some(parts),
             framing: Framing::Done,
             keep_alive: false,
             rest: Bytes::new(),
@@ -923,6 +928,8 @@ impl Exchange {
             });
             match head.await {
                 Ok(head) => {
+                    // Not needed any more; the body may stream for long.
+                    x.request = None;
                     let (parts, fields) = response_parts(head);
                     Ok((parts, fields, x))
                 }
@@ -931,12 +938,14 @@ impl Exchange {
                     let resendable = !x.answered
                         && !x.send.started
                         && !matches!(error, ExchangeError::RequestBody(_) | ExchangeError::ResponseTimeout(_))
-                        && (crate::handler::is_idempotent(&x.request.method) || !x.send.out.wrote);
-                    let unsent = resendable.then(|| {
-                        let x = *x;
-                        let body = x.send.body.unwrap_or_else(RequestBody::empty);
-                        Request::from_parts(x.request, body)
-                    });
+                        && (crate::handler::is_idempotent(&x.method) || !x.send.out.wrote);
+                    let unsent = resendable
+                        .then(|| {
+                            let x = *x;
+                            let body = x.send.body.unwrap_or_else(RequestBody::empty);
+                            x.request.map(|parts| Request::from_parts(parts, body))
+                        })
+                        .flatten();
                     Err(Failed { error, unsent })
                 }
             }
@@ -947,7 +956,7 @@ impl Exchange {
         loop {
             self.send.progress(&mut self.conn.io, cx)?;
             if let Some(mut head) = take_head(&mut self.conn.buf, &mut self.scanned, &mut self.conn.names)? {
-                let (framing, keep_alive) = framing(&self.request.method, &mut head)?;
+                let (framing, keep_alive) = framing(&self.method, &mut head)?;
                 self.framing = framing;
                 self.switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
                 self.keep_alive = keep_alive && !self.switching;
