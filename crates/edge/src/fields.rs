@@ -37,6 +37,12 @@ impl PassedFields {
     /// Adds a field whose value is `head[start..end]`.
     pub(crate) fn push(&mut self, name: HeaderName, start: u32, end: u32) {
         debug_assert!(start <= end && end as usize <= self.head.len());
+        debug_assert!(
+            !self.head[start as usize..end as usize]
+                .iter()
+                .any(|b| matches!(b, b'\r' | b'\n')),
+            "a passed value never holds CR or LF"
+        );
         self.fields.push((name, start, end));
     }
 

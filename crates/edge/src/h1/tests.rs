@@ -32,6 +32,10 @@ fn bad_heads_are_errors() {
         "HTTP/2 200 OK\r\n\r\n",
         "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
         "HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n",
+        // A folded line (obs-fold) would put CR LF inside a value, which is
+        // passed to clients as it is (`fields.rs`): refused.
+        "HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nX: a\r\n\tb\r\n\r\n",
         "garbage\r\n\r\n",
     ] {
         let mut buf = BytesMut::from(raw.as_bytes());
