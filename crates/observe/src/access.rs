@@ -159,6 +159,7 @@ fn write_loop(rx: Receiver<AccessRecord>, out: Box<dyn Write + Send>, format: Lo
         lines: Vec::with_capacity(BUFFER_SIZE + 1024),
         out,
         failed: false,
+        torn: false,
         clock: Clock::default(),
         format,
     };
@@ -205,6 +206,8 @@ struct Batch {
     lines: Vec<u8>,
     out: Box<dyn Write + Send>,
     failed: bool,
+    /// A write of lines failed: it may have ended mid-line.
+    torn: bool,
     clock: Clock,
     format: LogFormat,
 }
@@ -227,9 +230,19 @@ impl Batch {
         if self.lines.is_empty() {
             return;
         }
-        match self.out.write_all(&self.lines) {
-            Ok(()) => self.failed = false,
-            Err(e) => report(e, &mut self.failed),
+        // After a failed write, part of a line may be out: the next batch
+        // starts on a line of its own.
+        let restart: &[u8] = if self.torn { b"\n" } else { b"" };
+        match self
+            .out
+            .write_all(restart)
+            .and_then(|()| self.out.write_all(&self.lines))
+        {
+            Ok(()) => (self.failed, self.torn) = (false, false),
+            Err(e) => {
+                self.torn = true;
+                report(e, &mut self.failed);
+            }
         }
         self.lines.clear();
     }
@@ -493,6 +506,59 @@ mod tests {
             upstream: Some(Arc::from("127.0.0.1:8000")),
             upstream_duration: Some(Duration::from_micros(1200)),
         }
+    }
+
+    /// Takes 10 bytes of its first write, fails the next, then takes all.
+    #[derive(Clone, Default)]
+    struct Flaky(Arc<Mutex<(Vec<u8>, usize)>>);
+    impl Write for Flaky {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let mut state = self.0.lock().unwrap();
+            state.1 += 1;
+            match state.1 {
+                1 => {
+                    let n = buf.len().min(10);
+                    state.0.extend_from_slice(&buf[..n]);
+                    Ok(n)
+                }
+                2 => Err(io::Error::other("disk full")),
+                _ => {
+                    state.0.extend_from_slice(buf);
+                    Ok(buf.len())
+                }
+            }
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn after_a_failed_write_the_next_line_starts_on_its_own() {
+        let out = Flaky::default();
+        let log = AccessLog::with_writer(Box::new(out.clone()), LogFormat::Text).unwrap();
+        let sender = log.sender().unwrap();
+        sender.send(record());
+        // The writer takes the first record and fails to write it whole.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while out.0.lock().unwrap().1 < 2 {
+            assert!(std::time::Instant::now() < deadline, "the first write never came");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut second = record();
+        second.status = 503;
+        sender.send(second);
+        drop(sender);
+        log.finish();
+        let text = String::from_utf8(out.0.lock().unwrap().0.clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text:?}");
+        assert_eq!(lines[0], "2023-11-14", "the torn start of the first line");
+        assert!(
+            lines[1].starts_with("2023-11-14T22:13:20.123Z 203.0.113.9 abc123 "),
+            "{text:?}"
+        );
+        assert!(lines[1].contains("\" 503 in=42"), "{text:?}");
     }
 
     #[test]
