@@ -30,7 +30,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
 
-use gatehouse_policy::{ConcurrencyGuard, Decision};
+use gatehouse_policy::{ConcurrencyGuard, Decision, is_html_type};
 
 use crate::body::{
     BodyFault, BodyRules, ClientBody, InFlight, PendingLog, RequestBody, RequestBodyError, ResponseBody,
@@ -986,12 +986,6 @@ impl Worker {
 /// Whether a response is an HTML page (`text/html` or `application/xhtml+xml`).
 fn is_html(h: &http::HeaderMap) -> bool {
     h.get(header::CONTENT_TYPE).is_some_and(|v| is_html_type(v.as_bytes()))
-}
-
-/// A `Content-Type` value naming an HTML or XHTML page.
-fn is_html_type(value: &[u8]) -> bool {
-    let essence = value.split(|c| *c == b';').next().unwrap_or_default().trim_ascii();
-    essence.eq_ignore_ascii_case(b"text/html") || essence.eq_ignore_ascii_case(b"application/xhtml+xml")
 }
 
 /// Methods that may be repeated without changing the outcome (RFC 9110 §9.2.2).

@@ -172,11 +172,14 @@ impl SecurityHeaders {
 }
 
 fn is_html(h: &HeaderMap) -> bool {
-    h.get(CONTENT_TYPE).is_some_and(|v| {
-        let b = v.as_bytes();
-        let essence = b.split(|c| *c == b';').next().unwrap_or_default().trim_ascii();
-        essence.eq_ignore_ascii_case(b"text/html") || essence.eq_ignore_ascii_case(b"application/xhtml+xml")
-    })
+    h.get(CONTENT_TYPE).is_some_and(|v| is_html_type(v.as_bytes()))
+}
+
+/// Whether a `Content-Type` value names an HTML or XHTML page: the answers
+/// that get `X-Frame-Options` and a CSP.
+pub fn is_html_type(value: &[u8]) -> bool {
+    let essence = value.split(|c| *c == b';').next().unwrap_or_default().trim_ascii();
+    essence.eq_ignore_ascii_case(b"text/html") || essence.eq_ignore_ascii_case(b"application/xhtml+xml")
 }
 
 fn value(name: &str, v: &str) -> Result<HeaderValue, PolicyError> {

@@ -27,7 +27,7 @@ pub mod ratelimit;
 
 pub use concurrency::{ConcurrencyGuard, ConcurrencyLimit};
 pub use cors::{CorsOptions, CorsPolicy, Preflight};
-pub use headers::{Direction, FrameOptions, HeaderRules, SecurityHeaders, SecurityHeadersOptions};
+pub use headers::{Direction, FrameOptions, HeaderRules, SecurityHeaders, SecurityHeadersOptions, is_html_type};
 pub use iprules::{IpRules, IpVerdict};
 pub use ratelimit::{
     Decision, DecisionSource, KeyKind, LimiterOptions, LimiterStats, Rate, RateKey, RateLimiter, RateSpec,
