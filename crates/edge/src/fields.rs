@@ -77,16 +77,8 @@ impl PassedFields {
                 map.append(name, value);
             }
         }
-        let mut last = None;
-        for (name, value) in own {
-            // `None`: another value of the name before it.
-            if let Some(name) = name {
-                last = Some(name);
-            }
-            if let Some(name) = &last {
-                map.append(name.clone(), value);
-            }
-        }
+        // `map` has none of these names yet, so extending only appends.
+        map.extend(own);
     }
 }
 
