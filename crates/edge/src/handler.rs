@@ -415,10 +415,11 @@ impl Worker {
     fn response_filter(&self, ctx: &mut Ctx<'_>, resp: &mut Response<ResponseBody>) {
         let Some(route) = ctx.matched else { return };
         // A proxied answer's fields go into the map first when anything below
-        // reads or changes them; otherwise they are passed on as they are.
+        // reads them or removes or appends to them; otherwise they are passed
+        // on as they are. (Rate-limit fields only replace, which a field in the
+        // map does to passed ones of its name anyway.)
         if let Some(fields) = resp.body().passed_fields() {
-            let changes = ctx.decision.is_some()
-                || (!ctx.preflight && route.policy.cors.is_some())
+            let changes = (!ctx.preflight && route.policy.cors.is_some())
                 || fields.get(&header::CONTENT_TYPE).is_some_and(is_html_type)
                 || !route.site.policy.response_headers.is_empty()
                 || !route.policy.response_headers.is_empty();

@@ -705,3 +705,36 @@ async fn a_sticky_cookie_is_added_beside_the_upstreams_cookies() {
     assert_eq!(cookies[..2], ["a=1", "b=2"]);
     assert!(cookies[2].starts_with("gh_app="), "{cookies:?}");
 }
+
+#[tokio::test]
+async fn rate_limit_fields_replace_the_upstreams_own() {
+    let up = Scripted::start(
+        b"HTTP/1.1 200 OK\r\nRateLimit: \"theirs\";r=1\r\nRateLimit-Policy: \"theirs\";q=1\r\nX-A: 1\r\n\
+Connection: close\r\nContent-Length: 2\r\n\r\nok",
+        After::Drain,
+    )
+    .await;
+    let gh = Gatehouse::start(&format!(
+        r#"
+[upstream.app]
+targets = ["{}"]
+
+[[site]]
+default = true
+  [[site.route]]
+  path = "/"
+  upstream = "app"
+  rate_limit = "1000/s per ip"
+"#,
+        up.target
+    ));
+    let r = get(&gh.url("/"), &[]).await;
+    assert_eq!(r.status, 200);
+    let policy = all(&r, "ratelimit-policy");
+    assert_eq!(policy.len(), 1, "{policy:?}");
+    assert!(!policy[0].contains("theirs"), "{policy:?}");
+    let limit = all(&r, "ratelimit");
+    assert_eq!(limit.len(), 1, "{limit:?}");
+    assert!(!limit[0].contains("theirs"), "{limit:?}");
+    assert_eq!(all(&r, "x-a"), ["1"]);
+}
