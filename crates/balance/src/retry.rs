@@ -40,11 +40,11 @@ impl RetryBudget {
         }
     }
 
-    fn roll(&self, w: &mut Window) {
-        let elapsed = w.started.elapsed();
+    fn roll(&self, w: &mut Window, now: Instant) {
+        let elapsed = now.saturating_duration_since(w.started);
         if elapsed >= self.half * 2 {
             *w = Window {
-                started: Instant::now(),
+                started: now,
                 requests: [0; 2],
                 retries: [0; 2],
             };
@@ -55,18 +55,19 @@ impl RetryBudget {
         }
     }
 
-    /// Counts a first attempt.
-    pub fn record_request(&self) {
+    /// Counts a first attempt, made at `now` (the caller's clock reading:
+    /// the request path reads the clock once and shares the reading).
+    pub fn record_request(&self, now: Instant) {
         if let Ok(mut w) = self.state.lock() {
-            self.roll(&mut w);
+            self.roll(&mut w, now);
             w.requests[1] = w.requests[1].saturating_add(1);
         }
     }
 
-    /// Asks to retry; counts the retry when allowed.
-    pub fn try_retry(&self) -> bool {
+    /// Asks to retry at `now`; counts the retry when allowed.
+    pub fn try_retry(&self, now: Instant) -> bool {
         let Ok(mut w) = self.state.lock() else { return false };
-        self.roll(&mut w);
+        self.roll(&mut w, now);
         let requests = f64::from(w.requests[0]) + f64::from(w.requests[1]);
         let retries = w.retries[0] + w.retries[1];
         // Whole retries only: 0.2 × 4 requests allows none beyond the minimum.
@@ -87,10 +88,11 @@ mod tests {
     #[test]
     fn retries_are_capped_at_the_ratio() {
         let b = RetryBudget::new(0.2, 0, Duration::from_secs(10));
+        let now = Instant::now();
         let mut allowed = 0;
         for _ in 0..1000 {
-            b.record_request();
-            if b.try_retry() {
+            b.record_request(now);
+            if b.try_retry(now) {
                 allowed += 1;
             }
         }
@@ -100,19 +102,22 @@ mod tests {
     #[test]
     fn a_minimum_lets_quiet_routes_retry() {
         let b = RetryBudget::new(0.2, 3, Duration::from_secs(10));
-        b.record_request();
-        assert!(b.try_retry());
-        assert!(b.try_retry());
-        assert!(b.try_retry());
-        assert!(!b.try_retry());
+        let now = Instant::now();
+        b.record_request(now);
+        assert!(b.try_retry(now));
+        assert!(b.try_retry(now));
+        assert!(b.try_retry(now));
+        assert!(!b.try_retry(now));
     }
 
     #[test]
     fn the_window_slides() {
         let b = RetryBudget::new(0.0, 1, Duration::from_millis(100));
-        assert!(b.try_retry());
-        assert!(!b.try_retry());
-        std::thread::sleep(Duration::from_millis(120));
-        assert!(b.try_retry());
+        let now = Instant::now();
+        assert!(b.try_retry(now));
+        assert!(!b.try_retry(now));
+        // Half a window on, the spent retry still counts; a whole window on, it is gone.
+        assert!(!b.try_retry(now + Duration::from_millis(60)));
+        assert!(b.try_retry(now + Duration::from_millis(120)));
     }
 }

@@ -406,7 +406,7 @@ pub(crate) struct PendingLog {
 impl Drop for PendingLog {
     fn drop(&mut self) {
         if let Some(mut record) = self.record.take() {
-            record.duration = self.start.elapsed();
+            record.duration = crate::clock::now().into_std().saturating_duration_since(self.start);
             if let Some(counter) = &self.bytes_in {
                 record.bytes_in = counter.load(Ordering::Relaxed);
             }

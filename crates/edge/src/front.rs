@@ -37,7 +37,7 @@ use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
@@ -758,7 +758,7 @@ thread_local! {
 }
 
 fn put_date(out: &mut Vec<u8>) {
-    let now = SystemTime::now();
+    let now = crate::clock::system_now();
     let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let value = DATE.with(|cached| {
         let (at, value) = cached.get();

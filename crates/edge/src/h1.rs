@@ -384,7 +384,7 @@ const REMEMBERED_NAME_LEN: usize = 64;
 /// `timeout` from now; a timeout too long to add (the config sets no upper
 /// bound) is as good as none.
 pub(crate) fn deadline_after(timeout: Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
+    let now = crate::clock::now();
     now.checked_add(timeout)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }

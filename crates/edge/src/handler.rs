@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gatehouse_balance::{
@@ -36,6 +36,7 @@ use crate::body::{
     BodyFault, BodyRules, ClientBody, InFlight, PendingLog, RequestBody, RequestBodyError, ResponseBody,
     complete_headers,
 };
+use crate::clock;
 use crate::forwarding::{self, PeerInfo, ProxyHeaders, X_REQUEST_ID};
 use crate::h1::ExchangeError;
 use crate::idle::Activity;
@@ -302,7 +303,11 @@ impl Worker {
 
     /// Handles one request from a client connection. Never fails: every problem
     /// becomes a response, whose `HeaderMap` holds all its fields.
-    pub(crate) async fn handle(&self, conn: &ConnCtx, req: Request<ClientBody>) -> Response<ResponseBody> {
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        conn: Arc<ConnCtx>,
+        req: Request<ClientBody>,
+    ) -> Response<ResponseBody> {
         let mut resp = self.handle_passing(conn, req).await;
         complete_headers(&mut resp);
         resp
@@ -312,11 +317,19 @@ impl Worker {
     /// may stay in the response body ([`ResponseBody::take_passed_fields`]),
     /// for a writer that takes them from there (`front.rs`). Fields in the
     /// `HeaderMap` replace passed ones of the same name.
-    pub(crate) async fn handle_passing(&self, conn: &ConnCtx, req: Request<ClientBody>) -> Response<ResponseBody> {
+    ///
+    /// Takes the worker and the connection by `Arc`, so a connection's loop
+    /// can hand on this future as it is, without an `async` block around it:
+    /// each level of futures copies the request and the response once more.
+    pub(crate) async fn handle_passing(
+        self: Arc<Self>,
+        conn: Arc<ConnCtx>,
+        req: Request<ClientBody>,
+    ) -> Response<ResponseBody> {
         // Open on its HTTP/2 connection until the response body ends.
         let open = conn.activity.as_ref().map(Activity::begin);
-        let start = Instant::now();
-        let time = SystemTime::now();
+        let start = clock::now().into_std();
+        let time = clock::system_now();
         let trusted = &self.shared.config.server.trusted_proxies;
 
         let client_ip = if conn.peer.trusted {
@@ -361,8 +374,22 @@ impl Worker {
             .map(|_| (req.method().clone(), req.uri().clone(), req.version()));
 
         let version = req.version();
+        // Routing, route policies and the action, awaited here rather than in
+        // a function of their own (one level of futures less).
         let mut resp = match policies::hygiene(&req) {
-            Ok(()) => self.dispatch(conn, &mut ctx, host.as_ref(), req, start).await,
+            Ok(()) => match self.select_route(&conn, &mut ctx, host.as_ref(), &req) {
+                Err(resp) => resp,
+                Ok((route, normalized)) => match self.route_policies(&mut ctx, route, &req).await {
+                    Some(refused) => refused,
+                    None => match &route.action {
+                        Action::Proxy(p) => {
+                            self.proxy(&conn, &mut ctx, route, p, req, normalized, host.as_ref(), start)
+                                .await
+                        }
+                        _ => self.serve_local(&conn, &mut ctx, route, normalized, req).await,
+                    },
+                },
+            },
             Err(why) => {
                 ctx.close = true;
                 local_error(StatusCode::BAD_REQUEST, why, &ctx.request_id)
@@ -511,29 +538,45 @@ impl Worker {
         None
     }
 
-    async fn dispatch<'a>(
+    /// The route for a request, and its path when normalizing changed it
+    /// (`None`: the request's own path is normal); or the answer when there is
+    /// none (bad Host or path, unknown host, no route, method not allowed, or an
+    /// HTTPS rule that answers first).
+    // The answer is used at once by the caller; boxing it would only add an
+    // allocation to every refused request.
+    #[allow(clippy::result_large_err)]
+    fn select_route<'a>(
         &'a self,
         conn: &ConnCtx,
         ctx: &mut Ctx<'a>,
         host: Option<&HeaderValue>,
-        req: Request<ClientBody>,
-        start: Instant,
-    ) -> Response<ResponseBody> {
+        req: &Request<ClientBody>,
+    ) -> Result<(&'a CompiledRoute, Option<String>), Response<ResponseBody>> {
         let host_name = match host {
             Some(h) => match router::normalize_host(h.as_bytes()) {
                 Ok(name) => Some(name),
-                Err(()) => return local_error(StatusCode::BAD_REQUEST, "invalid Host header", &ctx.request_id),
+                Err(()) => {
+                    return Err(local_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid Host header",
+                        &ctx.request_id,
+                    ));
+                }
             },
             None if req.version() == Version::HTTP_11 => {
-                return local_error(StatusCode::BAD_REQUEST, "missing Host header", &ctx.request_id);
+                return Err(local_error(
+                    StatusCode::BAD_REQUEST,
+                    "missing Host header",
+                    &ctx.request_id,
+                ));
             }
             None => None,
         };
         // HTTPS rules before routing: ACME answers, redirect, SNI check, HSTS.
         let (router, tls) = (&self.shared.router, &self.shared.tls);
         let name = host_name.as_deref();
-        if let Some(resp) = tls.before_routing(router, conn, name, &req, &ctx.request_id, &mut ctx.hsts) {
-            return resp;
+        if let Some(resp) = tls.before_routing(router, conn, name, req, &ctx.request_id, &mut ctx.hsts) {
+            return Err(resp);
         }
         let path = match path::normalize(req.uri().path()) {
             Ok(p) => p,
@@ -543,19 +586,25 @@ impl Worker {
                     PathError::AboveRoot => "path climbs above the root",
                     PathError::BadEscape => "malformed percent-encoding in path",
                 };
-                return local_error(StatusCode::BAD_REQUEST, why, &ctx.request_id);
+                return Err(local_error(StatusCode::BAD_REQUEST, why, &ctx.request_id));
             }
         };
         let route = match self.shared.router.route(host_name.as_deref(), &path, req.method()) {
             Match::Route(r) => r,
             Match::UnknownHost => {
-                return local_error(
+                return Err(local_error(
                     StatusCode::MISDIRECTED_REQUEST,
                     "no site is configured for this host",
                     &ctx.request_id,
-                );
+                ));
             }
-            Match::NoRoute => return local_error(StatusCode::NOT_FOUND, "no route matches this path", &ctx.request_id),
+            Match::NoRoute => {
+                return Err(local_error(
+                    StatusCode::NOT_FOUND,
+                    "no route matches this path",
+                    &ctx.request_id,
+                ));
+            }
             Match::MethodNotAllowed(methods) => {
                 let mut resp = local_error(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -566,27 +615,34 @@ impl Worker {
                 if let Ok(v) = HeaderValue::from_str(&allow) {
                     resp.headers_mut().insert(header::ALLOW, v);
                 }
-                return resp;
+                return Err(resp);
             }
         };
         ctx.route = Some(route.name.clone());
         ctx.matched = Some(route);
-        if let Some(refused) = self.route_policies(ctx, route, &req).await {
-            return refused;
-        }
+        // `None` when the path was already normal: the original is forwarded.
+        let normalized = match path {
+            std::borrow::Cow::Borrowed(_) => None,
+            std::borrow::Cow::Owned(s) => Some(s),
+        };
+        Ok((route, normalized))
+    }
+
+    /// The answer of a route that does not proxy: redirect, respond, static.
+    async fn serve_local(
+        &self,
+        conn: &ConnCtx,
+        ctx: &mut Ctx<'_>,
+        route: &CompiledRoute,
+        normalized: Option<String>,
+        req: Request<ClientBody>,
+    ) -> Response<ResponseBody> {
+        let path = normalized.as_deref().unwrap_or(req.uri().path());
         match &route.action {
-            Action::Proxy(p) => {
-                // `None` when the path was already normal: the original is forwarded.
-                let normalized = match path {
-                    std::borrow::Cow::Borrowed(_) => None,
-                    std::borrow::Cow::Owned(s) => Some(s),
-                };
-                self.proxy(conn, ctx, route, p, req, normalized, host, start).await
-            }
             Action::Redirect(r) => {
                 let mut location = r.to.clone();
                 if r.keep_path {
-                    let rest = route.rest(&path);
+                    let rest = route.rest(path);
                     if location.ends_with('/') && rest.starts_with('/') {
                         location.pop();
                     }
@@ -636,7 +692,7 @@ impl Worker {
                 };
                 // The static server sees the path below the route prefix, and
                 // decodes it (exactly once) itself.
-                let rest = route.rest(&path);
+                let rest = route.rest(path);
                 let mut target = String::with_capacity(rest.len() + 32);
                 target.push_str(if rest.is_empty() { "/" } else { rest });
                 if let Some(q) = req.uri().query() {
@@ -785,7 +841,7 @@ impl Worker {
         };
         let mut pending = Some(Request::from_parts(parts, body));
         if pool.attempts > 1 {
-            pool.budget.record_request();
+            pool.budget.record_request(start);
         }
 
         // Upstream peer and send, retrying on another target when allowed.
@@ -793,9 +849,9 @@ impl Worker {
         let mut n_tried = 0;
         let mut last_error: Option<(StatusCode, &'static str)> = None;
         let outcome = loop {
-            let Some(upstream_req) = pending.take() else {
+            if pending.is_none() {
                 break None;
-            };
+            }
             let Some(choice) = pool.balancer.select(key, &tried[..n_tried]) else {
                 break None;
             };
@@ -815,15 +871,15 @@ impl Worker {
             } else {
                 None
             };
-            let may_retry = || (n_tried as u32) < pool.attempts && pool.budget.try_retry();
+            let may_retry = || (n_tried as u32) < pool.attempts && pool.budget.try_retry(clock::now().into_std());
 
             // The exchange's state is on the heap (`h1.rs`), so this future
             // is small. The response timeout runs on the connection's timer.
             let sent = target
                 .pool
-                .send(upstream_req, &proxy_headers, &host_header, pool.response_timeout)
+                .send(&mut pending, &proxy_headers, &host_header, pool.response_timeout)
                 .await;
-            ctx.upstream_duration = Some(start.elapsed());
+            ctx.upstream_duration = Some(clock::now().into_std().saturating_duration_since(start));
             match sent {
                 Ok(resp) => {
                     let status = resp.status();
@@ -848,13 +904,10 @@ impl Worker {
                     break Some((resp, in_flight, choice));
                 }
                 Err(_) if client_fault() => break None,
-                Err((
-                    SendError::Exchange {
-                        source: ExchangeError::ResponseTimeout(timeout),
-                        ..
-                    },
-                    _,
-                )) => {
+                Err(SendError::Exchange {
+                    source: ExchangeError::ResponseTimeout(timeout),
+                    ..
+                }) => {
                     health.record_failure();
                     tracing::warn!(
                         request_id = ?ctx.request_id, route = %route.name, upstream = %target.pool.target.id,
@@ -864,13 +917,10 @@ impl Worker {
                     last_error = Some((StatusCode::GATEWAY_TIMEOUT, "upstream timed out"));
                     break None;
                 }
-                Err((
-                    SendError::Exchange {
-                        source: ExchangeError::RequestBody(e),
-                        ..
-                    },
-                    _,
-                )) => {
+                Err(SendError::Exchange {
+                    source: ExchangeError::RequestBody(e),
+                    ..
+                }) => {
                     // The client's side failed (it went away mid-body): not the
                     // target's fault, and nothing to retry.
                     tracing::debug!(request_id = ?ctx.request_id, error = %e, "Request body failed.");
@@ -878,14 +928,15 @@ impl Worker {
                     last_error = Some((StatusCode::BAD_REQUEST, "request body could not be read"));
                     break None;
                 }
-                Err((e, unsent)) => {
+                Err(e) => {
                     health.record_failure();
                     tracing::warn!(
                         request_id = ?ctx.request_id, route = %route.name, upstream = %target.pool.target.id,
                         error = %error_chain(&e), "Upstream request failed."
                     );
                     last_error = Some(classify(&e));
-                    let again = unsent.or_else(|| replay.as_ref().map(rebuild));
+                    // The request itself when it did not go out, else a copy.
+                    let again = pending.take().or_else(|| replay.as_ref().map(rebuild));
                     if again.is_some() && may_retry() {
                         pending = again;
                         continue;

@@ -12,6 +12,7 @@
 //! panics on network input; every failure becomes a response with a request id.
 
 mod body;
+mod clock;
 mod connect;
 mod drain;
 mod fields;

@@ -109,7 +109,7 @@ impl TargetPool {
     /// `take_idle` checks the one it takes).
     pub(crate) fn put(&self, conn: Conn) {
         let Ok(mut idle) = self.idle.lock() else { return };
-        let now = Instant::now();
+        let now = crate::clock::now().into_std();
         let full = idle.conns.len() >= self.max_idle;
         if full || now.saturating_duration_since(idle.swept) >= self.sweep_every {
             idle.swept = now;
@@ -128,8 +128,9 @@ impl TargetPool {
     /// The most recently used connection that is still open, if any.
     fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
+        let now = crate::clock::now().into_std();
         while let Some(mut idle_conn) = idle.conns.pop_back() {
-            if idle_conn.since.elapsed() < self.idle_timeout && idle_conn.conn.is_reusable() {
+            if now.saturating_duration_since(idle_conn.since) < self.idle_timeout && idle_conn.conn.is_reusable() {
                 return Some(idle_conn.conn);
             }
         }
@@ -151,22 +152,25 @@ impl TargetPool {
         }
     }
 
-    /// Sends `req`, with gatehouse's own headers `extra` and `Host: host`, on a pooled or new
-    /// connection and waits for the response head, at most `timeout` from the
-    /// request going out on the connection that answers.
+    /// Sends the request in `pending`, with gatehouse's own headers `extra` and
+    /// `Host: host`, on a pooled or new connection and waits for the response
+    /// head, at most `timeout` from the request going out on the connection
+    /// that answers.
     ///
-    /// A pooled connection that fails before any answer (the upstream closed it
-    /// as the request went out) is replaced once by a new connection when the
-    /// request can be sent again (see [`Failed`]). When the request can still
-    /// go elsewhere it comes back with the error, so the caller can try another
-    /// target.
+    /// The request is taken out of `pending` when it goes out. A pooled
+    /// connection that fails before any answer (the upstream closed it as the
+    /// request went out) is replaced once by a new connection when the request
+    /// can be sent again (see [`Failed`]). When the request can still go
+    /// elsewhere it is back in `pending` with the error, so the caller can try
+    /// another target. (By reference rather than by value: the request is
+    /// large, and every future it passes through would copy it.)
     pub(crate) async fn send(
         self: &Arc<Self>,
-        mut req: Request<RequestBody>,
+        pending: &mut Option<Request<RequestBody>>,
         extra: &ProxyHeaders,
         host: &HeaderValue,
         timeout: Duration,
-    ) -> Result<Response<UpstreamBody>, (SendError, Option<Request<RequestBody>>)> {
+    ) -> Result<Response<UpstreamBody>, SendError> {
         let mut pooled = self.take_idle();
         // One `Exchange::start` in the future's state whichever connection is
         // used, and connecting (rare: connections are pooled) boxed: the
@@ -175,21 +179,23 @@ impl TargetPool {
             let was_pooled = pooled.is_some();
             let conn = match pooled.take() {
                 Some(conn) => conn,
-                None => match Box::pin(self.connect()).await {
-                    Ok(c) => c,
-                    Err(e) => return Err((e, Some(req))),
-                },
+                None => Box::pin(self.connect()).await?,
+            };
+            let Some(req) = pending.take() else {
+                let nothing = std::io::Error::other("no request to send");
+                return Err(self.exchange_error(ExchangeError::Io(nothing)));
             };
             match Exchange::start(conn, req, extra, host, timeout).await {
                 Ok((parts, fields, exchange)) => return Ok(self.response(parts, fields, exchange)),
-                Err(Failed {
-                    error,
-                    unsent: Some(unsent),
-                }) if was_pooled => {
-                    tracing::debug!(upstream = %self.target.id, %error, "Pooled connection failed; sending on a new one.");
-                    req = unsent;
+                Err(Failed { error, unsent }) => {
+                    let again = unsent.is_some() && was_pooled;
+                    *pending = unsent;
+                    if again {
+                        tracing::debug!(upstream = %self.target.id, %error, "Pooled connection failed; sending on a new one.");
+                    } else {
+                        return Err(self.exchange_error(error));
+                    }
                 }
-                Err(Failed { error, unsent }) => return Err((self.exchange_error(error), unsent)),
             }
         }
     }

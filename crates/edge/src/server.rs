@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::EdgeError;
+use crate::clock::Timed;
 use crate::drain::Drain;
 use crate::forwarding::PeerInfo;
 use crate::front::{self, Ended, REQUEST_TIMEOUT_RESPONSE, Replay};
@@ -580,7 +581,8 @@ async fn accept_loop(
         let mut entered = drain.enter();
         if let Some(tls) = &tls {
             let tls = tls.clone();
-            tokio::spawn(async move {
+            // Each connection's task reads the clock at most once per poll.
+            tokio::spawn(Timed::new(async move {
                 let _slot = slot;
                 let accepted = crate::tls::Accepted {
                     stream,
@@ -589,10 +591,10 @@ async fn accept_loop(
                 };
                 let builders = (builder, http1);
                 crate::tls::serve_connection(tls, accepted, limits, current, builders, entered).await;
-            });
+            }));
             continue;
         }
-        tokio::spawn(async move {
+        tokio::spawn(Timed::new(async move {
             let _slot = slot;
             let first = tokio::select! {
                 first = first_bytes(&stream, limits.header_timeout) => first,
@@ -612,7 +614,7 @@ async fn accept_loop(
                 // keeps it until its response body ends.
                 let worker = service_current.load_full();
                 let conn = service_conn.get(&worker);
-                async move { Ok::<_, Infallible>(worker.handle(&conn, req.map(Some)).await) }
+                async move { Ok::<_, Infallible>(worker.handle(conn, req.map(Some)).await) }
             });
             if http2 {
                 let connection = builder
@@ -636,7 +638,7 @@ async fn accept_loop(
                 // current when it arrives.
                 let worker = current.load_full();
                 let ctx = conn.get(&worker);
-                async move { worker.handle_passing(&ctx, req).await }
+                worker.handle_passing(ctx, req)
             })
             .await;
             let replay = match served {
@@ -655,7 +657,7 @@ async fn accept_loop(
             if let Some(Err(e)) = ended.output {
                 tracing::debug!(%peer, error = %e, "Client connection ended with an error.");
             }
-        });
+        }));
     }
     drop(listener);
     let deadline = current.load().shared().config.server.shutdown_timeout;

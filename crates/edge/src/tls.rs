@@ -219,7 +219,7 @@ pub(crate) async fn serve_connection(
     let service = service_fn(move |req| {
         let worker = service_current.load_full();
         let conn = service_conn.clone();
-        async move { Ok::<_, Infallible>(worker.handle(&conn, req.map(Some)).await) }
+        async move { Ok::<_, Infallible>(worker.handle(conn, req.map(Some)).await) }
     });
     let error = if http2 {
         let connection = builder
@@ -235,8 +235,7 @@ pub(crate) async fn serve_connection(
         // request it hands over.
         let served = front::serve_draining(&mut stream, &limits, &mut entered, |req| {
             let worker = current.load_full();
-            let conn = conn.clone();
-            async move { worker.handle_passing(&conn, req).await }
+            worker.handle_passing(conn.clone(), req)
         })
         .await;
         let read = match served {
