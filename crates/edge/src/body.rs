@@ -93,8 +93,16 @@ impl Watch {
 }
 
 /// A client's request body as its connection delivers it: hyper's stream, or
-/// `None` for a request without a body (see `front.rs`).
-pub(crate) type ClientBody = Option<Incoming>;
+/// `None` for a request without a body (see `front.rs`). Boxed, so a
+/// `Request<ClientBody>` fits in 256 bytes: requests are moved through several
+/// futures, and larger values take a slower copy each time.
+pub(crate) type ClientBody = Option<Box<Incoming>>;
+
+/// hyper's request body as a [`ClientBody`]: `None` when it is already known
+/// to be empty, which saves the box.
+pub(crate) fn client_body(body: Incoming) -> ClientBody {
+    (!body.is_end_stream()).then(|| Box::new(body))
+}
 
 pin_project! {
     /// A client's request body on its way upstream, counting bytes for the
@@ -102,11 +110,12 @@ pin_project! {
     /// for replayed body-less requests.
     pub struct RequestBody {
         #[pin]
-        inner: Option<Incoming>,
+        inner: ClientBody,
         counter: Option<Arc<AtomicU64>>,
         watch: Option<Box<Watch>>,
-        // A body read ahead so the request can be sent again (no `inner`).
-        buffered: Option<Bytes>,
+        // A body read ahead so the request can be sent again (no `inner`);
+        // boxed, as `inner` is, so the upstream request fits in 256 bytes.
+        buffered: Option<Box<Bytes>>,
     }
 }
 
@@ -126,7 +135,7 @@ impl RequestBody {
             inner: None,
             counter: None,
             watch: None,
-            buffered: (!data.is_empty()).then_some(data),
+            buffered: (!data.is_empty()).then(|| Box::new(data)),
         }
     }
 
@@ -162,7 +171,7 @@ impl Body for RequestBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(this.buffered.take().map(|d| Ok(Frame::data(d))));
+            return Poll::Ready(this.buffered.take().map(|d| Ok(Frame::data(*d))));
         };
         let res = inner.poll_frame(cx);
         let len = match &res {

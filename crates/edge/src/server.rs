@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::EdgeError;
+use crate::body::client_body;
 use crate::clock::Timed;
 use crate::drain::Drain;
 use crate::forwarding::PeerInfo;
@@ -614,7 +615,7 @@ async fn accept_loop(
                 // keeps it until its response body ends.
                 let worker = service_current.load_full();
                 let conn = service_conn.get(&worker);
-                async move { Ok::<_, Infallible>(worker.handle(conn, req.map(Some)).await) }
+                async move { Ok::<_, Infallible>(worker.handle(conn, req.map(client_body)).await) }
             });
             if http2 {
                 let connection = builder

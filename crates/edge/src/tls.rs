@@ -32,7 +32,7 @@ use tokio_rustls::rustls::server::Acceptor;
 use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor};
 
 use crate::EdgeError;
-use crate::body::ResponseBody;
+use crate::body::{ResponseBody, client_body};
 use crate::drain::Entered;
 use crate::forwarding::PeerInfo;
 use crate::front::{self, Ended, REQUEST_TIMEOUT_RESPONSE, Replay};
@@ -219,7 +219,7 @@ pub(crate) async fn serve_connection(
     let service = service_fn(move |req| {
         let worker = service_current.load_full();
         let conn = service_conn.clone();
-        async move { Ok::<_, Infallible>(worker.handle(conn, req.map(Some)).await) }
+        async move { Ok::<_, Infallible>(worker.handle(conn, req.map(client_body)).await) }
     });
     let error = if http2 {
         let connection = builder
