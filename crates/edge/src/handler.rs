@@ -841,7 +841,7 @@ impl Worker {
         };
         let mut pending = Some(Request::from_parts(parts, body));
         if pool.attempts > 1 {
-            pool.budget.record_request(start);
+            pool.budget.record_request(clock::now().into_std());
         }
 
         // Upstream peer and send, retrying on another target when allowed.
