@@ -98,6 +98,10 @@ impl Watch {
 /// futures, and larger values take a slower copy each time.
 pub(crate) type ClientBody = Option<Box<Incoming>>;
 
+// The sizes the two comments on boxing rely on.
+const _: () = assert!(std::mem::size_of::<http::Request<ClientBody>>() <= 256);
+const _: () = assert!(std::mem::size_of::<http::Request<RequestBody>>() <= 256);
+
 /// hyper's request body as a [`ClientBody`]: `None` when it is already known
 /// to be empty, which saves the box.
 pub(crate) fn client_body(body: Incoming) -> ClientBody {

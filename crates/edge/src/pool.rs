@@ -182,6 +182,7 @@ impl TargetPool {
                 None => Box::pin(self.connect()).await?,
             };
             let Some(req) = pending.take() else {
+                debug_assert!(false, "send called without a request");
                 let nothing = std::io::Error::other("no request to send");
                 return Err(self.exchange_error(ExchangeError::Io(nothing)));
             };
@@ -250,6 +251,63 @@ mod tests {
 
     fn idle_count(pool: &TargetPool) -> usize {
         pool.idle.lock().unwrap().conns.len()
+    }
+
+    fn request() -> Request<RequestBody> {
+        Request::builder().uri("/x").body(RequestBody::empty()).unwrap()
+    }
+
+    fn extra() -> ProxyHeaders {
+        let peer = crate::forwarding::PeerInfo::new(std::net::Ipv4Addr::LOCALHOST.into(), &[]);
+        ProxyHeaders::new(
+            &http::HeaderMap::new(),
+            &peer,
+            "http",
+            None,
+            HeaderValue::from_static("id-1"),
+        )
+    }
+
+    /// What `send` leaves in `pending`: nothing once the request went out; the
+    /// request itself when no connection could be made, for another target.
+    #[tokio::test]
+    async fn send_takes_the_request_only_when_it_goes_out() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (pool, listener) = pool_with("").await;
+        let upstream = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the request head ended early");
+                head.extend_from_slice(&buf[..n]);
+            }
+            socket.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+            (head, socket)
+        });
+        let host = HeaderValue::from_static("app");
+        let mut pending = Some(request());
+        let resp = pool
+            .send(&mut pending, &extra(), &host, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), http::StatusCode::NO_CONTENT);
+        assert!(pending.is_none(), "the request went out");
+        let (head, _socket) = upstream.await.unwrap();
+        assert!(
+            head.starts_with(b"GET /x HTTP/1.1\r\n"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+
+        // Nothing listens on the target any more.
+        let (dead, listener) = pool_with("").await;
+        drop(listener);
+        let mut pending = Some(request());
+        let sent = dead.send(&mut pending, &extra(), &host, Duration::from_secs(5)).await;
+        assert!(matches!(sent, Err(SendError::Connect { .. })), "{:?}", sent.err());
+        assert_eq!(pending.map(|r| r.uri().clone()), Some(http::Uri::from_static("/x")));
     }
 
     #[tokio::test]
