@@ -612,7 +612,8 @@ async fn accept_loop(
             let service_current = current.clone();
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 // Each request takes the generation current when it arrives and
-                // keeps it until its response body ends.
+                // keeps it until its handler has the response; the body keeps
+                // what it still needs (its upstream pool) on its own.
                 let worker = service_current.load_full();
                 let conn = service_conn.get(&worker);
                 async move { Ok::<_, Infallible>(worker.handle(conn, req.map(client_body)).await) }
