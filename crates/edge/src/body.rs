@@ -410,7 +410,7 @@ impl Body for ResponseBody {
 /// An access-log record waiting for its response body to finish.
 pub(crate) struct PendingLog {
     pub(crate) sender: AccessLogSender,
-    /// Taken (and sent) when the body is done.
+    /// Sent when the body is done (on drop).
     pub(crate) record: Option<AccessRecord>,
     pub(crate) start: Instant,
     pub(crate) bytes_in: Option<Arc<AtomicU64>>,
@@ -418,7 +418,7 @@ pub(crate) struct PendingLog {
 
 impl Drop for PendingLog {
     fn drop(&mut self) {
-        if let Some(mut record) = self.record.take() {
+        if let Some(record) = self.record.as_mut() {
             record.duration = crate::clock::now().into_std().saturating_duration_since(self.start);
             if let Some(counter) = &self.bytes_in {
                 record.bytes_in = counter.load(Ordering::Relaxed);

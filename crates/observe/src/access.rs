@@ -1,11 +1,18 @@
-//! The access log: one line per request, written by a background thread.
+//! The access log: one line per request, formatted by the thread that served
+//! it and written by a background thread.
+//!
+//! Each thread formats its lines into a buffer of its own (its *lane*), under a
+//! lock that only the writer shares, and only to swap the buffer out. The writer
+//! takes every lane's lines every few milliseconds and writes them. So a line
+//! costs its thread the formatting and an uncontended lock, never I/O, and the
+//! writer's turns on a shared core are short: one `write` of what came in.
 
+use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -14,20 +21,18 @@ use http::{HeaderValue, Method, Uri, Version};
 
 use crate::ObserveError;
 
-/// Records that may wait for the writer. At ~200 bytes each this is ~1.6 MB of
-/// memory at most, and absorbs a burst of 8k requests while the disk stalls.
-const QUEUE_CAPACITY: usize = 8192;
-/// Lines are flushed at least this often when traffic trickles in, so `tail -f`
-/// stays current.
-const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
-/// Write buffer size: large writes keep the syscall count low under load.
+/// Formatted lines one thread may hold for the writer (about 10k lines): beyond
+/// this, while the disk stalls, lines are dropped and counted rather than
+/// memory growing without bound.
+const LANE_CAPACITY: usize = 2 * 1024 * 1024;
+/// A lane's buffer is given back this large after a stall made it grow.
 const BUFFER_SIZE: usize = 64 * 1024;
-/// While records keep coming, the writer sleeps this long between batches instead
-/// of parking on the queue. A parked writer must be woken by the worker that
-/// sends the next record — a futex call and a context switch per request, which
-/// profiling showed costing more than the rest of the proxy path. 8192 records
-/// per 5 ms is 1.6M requests/s of headroom before anything is dropped.
+/// While lines keep coming, the writer takes them this often. Nothing wakes it
+/// for each line (that would be a futex call and a context switch per request).
 const BATCH_INTERVAL: Duration = Duration::from_millis(5);
+/// When nothing came in its last turn, the writer looks again after this long,
+/// so `tail -f` stays current while traffic trickles in.
+const IDLE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Everything the access log says about one request.
 ///
@@ -74,21 +79,83 @@ pub struct AccessLog {
 /// A cheap, cloneable handle for workers to submit records.
 #[derive(Clone)]
 pub struct AccessLogSender {
-    tx: SyncSender<AccessRecord>,
-    dropped: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    format: LogFormat,
+    /// Every thread's lane, for the writer.
+    lanes: Mutex<Vec<Arc<Lane>>>,
+    /// For a thread whose own lane is gone (it is exiting).
+    fallback: Arc<Lane>,
+    dropped: AtomicU64,
+    /// The `AccessLog` is finished or dropped: the writer ends once every
+    /// sender is gone and their lines are out.
+    finishing: AtomicBool,
+}
+
+/// One thread's formatted lines that the writer has not taken yet.
+#[derive(Default)]
+struct Lane(Mutex<LaneState>);
+
+#[derive(Default)]
+struct LaneState {
+    lines: Vec<u8>,
+    clock: Clock,
+}
+
+thread_local! {
+    /// This thread's lane of each access log it has written to. The `Weak`
+    /// keeps a finished log's allocation, so its address is never taken for a
+    /// newer log's.
+    static LANES: RefCell<Vec<(Weak<Shared>, Arc<Lane>)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl AccessLogSender {
-    /// Queues a record without blocking. If the queue is full the record is
-    /// dropped and counted.
-    pub fn send(&self, record: AccessRecord) {
-        match self.tx.try_send(record) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+    /// Formats `record` into this thread's lane; the writer writes it within
+    /// a few milliseconds. Never waits for I/O. If the lane is full (the
+    /// writer is stuck on a stalled disk) the line is dropped and counted.
+    pub fn send(&self, record: &AccessRecord) {
+        let format = self.shared.format;
+        let added = LANES
+            .try_with(|lanes| {
+                let mut lanes = lanes.borrow_mut();
+                let this = Arc::as_ptr(&self.shared);
+                if let Some((_, lane)) = lanes.iter().find(|(log, _)| log.as_ptr() == this) {
+                    return add(lane, format, record);
+                }
+                // Lanes of logs that are gone are forgotten here.
+                lanes.retain(|(log, _)| log.strong_count() > 0);
+                let lane = Arc::new(Lane::default());
+                if let Ok(mut all) = self.shared.lanes.lock() {
+                    all.push(lane.clone());
+                }
+                let added = add(&lane, format, record);
+                lanes.push((Arc::downgrade(&self.shared), lane));
+                added
+            })
+            .unwrap_or_else(|_| add(&self.shared.fallback, format, record));
+        if !added {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Formats `record` into `lane`, unless it is full.
+fn add(lane: &Lane, format: LogFormat, record: &AccessRecord) -> bool {
+    let Ok(mut state) = lane.0.lock() else { return false };
+    if state.lines.len() >= LANE_CAPACITY {
+        return false;
+    }
+    let LaneState { lines, clock } = &mut *state;
+    match format {
+        LogFormat::Text => format_text(lines, clock, record),
+        // Writing to a Vec cannot fail.
+        LogFormat::Json => {
+            let _ = write_json(lines, record);
+        }
+    }
+    true
 }
 
 impl AccessLog {
@@ -120,16 +187,20 @@ impl AccessLog {
 
     /// Starts a writer thread that writes formatted lines to `out`.
     pub fn with_writer(out: Box<dyn Write + Send>, format: LogFormat) -> Result<Self, ObserveError> {
-        let (tx, rx) = mpsc::sync_channel(QUEUE_CAPACITY);
+        let shared = Arc::new(Shared {
+            format,
+            lanes: Mutex::new(Vec::new()),
+            fallback: Arc::default(),
+            dropped: AtomicU64::new(0),
+            finishing: AtomicBool::new(false),
+        });
+        let writer = shared.clone();
         let thread = std::thread::Builder::new()
             .name("gatehouse-access-log".into())
-            .spawn(move || write_loop(rx, out, format))
+            .spawn(move || write_loop(&writer, out))
             .map_err(ObserveError::Thread)?;
         Ok(Self {
-            sender: Some(AccessLogSender {
-                tx,
-                dropped: Arc::new(AtomicU64::new(0)),
-            }),
+            sender: Some(AccessLogSender { shared }),
             thread: Some(thread),
         })
     }
@@ -141,114 +212,108 @@ impl AccessLog {
 
     /// Records dropped because the writer could not keep up.
     pub fn dropped(&self) -> u64 {
-        self.sender.as_ref().map_or(0, |s| s.dropped.load(Ordering::Relaxed))
+        self.sender
+            .as_ref()
+            .map_or(0, |s| s.shared.dropped.load(Ordering::Relaxed))
     }
 
-    /// Stops accepting records, writes everything queued, and flushes. Records
-    /// still held by other senders' clones are written once those are dropped.
+    /// Writes every line sent so far and waits for the writer to end. Senders
+    /// still held elsewhere keep working; the writer ends once they are gone
+    /// and their lines are out.
     pub fn finish(mut self) {
-        self.sender = None;
+        self.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
+
+    /// Lets the writer end once every sender is gone.
+    fn stop(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            sender.shared.finishing.store(true, Ordering::Release);
+        }
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
+    }
 }
 
-fn write_loop(rx: Receiver<AccessRecord>, out: Box<dyn Write + Send>, format: LogFormat) {
-    let mut batch = Batch {
-        lines: Vec::with_capacity(BUFFER_SIZE + 1024),
+impl Drop for AccessLog {
+    /// Dropped without [`finish`](Self::finish): the writer still writes
+    /// everything and ends on its own.
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn write_loop(shared: &Arc<Shared>, out: Box<dyn Write + Send>) {
+    let mut out = Output {
         out,
         failed: false,
         torn: false,
-        clock: Clock::default(),
-        format,
     };
+    let mut spare = Vec::with_capacity(BUFFER_SIZE);
     loop {
-        // Idle: park until a record arrives (or flush periodically).
-        let first = match rx.recv_timeout(FLUSH_INTERVAL) {
-            Ok(r) => r,
-            Err(RecvTimeoutError::Timeout) => {
-                batch.flush();
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        batch.add(&first);
-        // Busy: drain in batches without parking, so senders never wake us.
-        loop {
-            let mut wrote = 0usize;
-            loop {
-                match rx.try_recv() {
-                    Ok(r) => {
-                        batch.add(&r);
-                        wrote += 1;
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        batch.flush();
-                        return;
-                    }
+        // Read before the lanes are emptied: a sender that is gone had put
+        // its lines in before it went, and they are taken below.
+        let last = shared.finishing.load(Ordering::Acquire) && Arc::strong_count(shared) == 1;
+        std::sync::atomic::fence(Ordering::Acquire);
+        let lanes = shared.lanes.lock().map(|l| l.clone()).unwrap_or_default();
+        let mut took = false;
+        for lane in lanes.iter().chain([&shared.fallback]) {
+            {
+                let Ok(mut state) = lane.0.lock() else { continue };
+                if state.lines.is_empty() {
+                    continue;
                 }
+                std::mem::swap(&mut state.lines, &mut spare);
             }
-            batch.flush();
-            if wrote == 0 {
-                break;
+            took = true;
+            out.write(&spare);
+            spare.clear();
+            if spare.capacity() > 4 * BUFFER_SIZE {
+                spare.shrink_to(BUFFER_SIZE);
             }
-            std::thread::sleep(BATCH_INTERVAL);
         }
+        if took {
+            out.flush();
+        }
+        drop(lanes);
+        // A lane only the list still holds belongs to a thread that has
+        // ended; once its last lines are out it is let go.
+        if let Ok(mut all) = shared.lanes.lock() {
+            all.retain(|lane| Arc::strong_count(lane) > 1 || lane.0.lock().is_ok_and(|s| !s.lines.is_empty()));
+        }
+        if last {
+            return;
+        }
+        std::thread::park_timeout(if took { BATCH_INTERVAL } else { IDLE_INTERVAL });
     }
-    batch.flush();
 }
 
-/// Lines on their way out: records are formatted straight into `lines`, which
-/// is written in one call when it fills and whenever the writer flushes.
-struct Batch {
-    lines: Vec<u8>,
+/// Where the lines go, and what went wrong there.
+struct Output {
     out: Box<dyn Write + Send>,
     failed: bool,
     /// A write of lines failed: it may have ended mid-line.
     torn: bool,
-    clock: Clock,
-    format: LogFormat,
 }
 
-impl Batch {
-    fn add(&mut self, r: &AccessRecord) {
-        match self.format {
-            LogFormat::Text => format_text(&mut self.lines, &mut self.clock, r),
-            // Writing to a Vec cannot fail.
-            LogFormat::Json => {
-                let _ = write_json(&mut self.lines, r);
-            }
-        }
-        if self.lines.len() >= BUFFER_SIZE {
-            self.write_out();
-        }
-    }
-
-    fn write_out(&mut self) {
-        if self.lines.is_empty() {
-            return;
-        }
-        // After a failed write, part of a line may be out: the next batch
-        // starts on a line of its own.
+impl Output {
+    fn write(&mut self, lines: &[u8]) {
+        // After a failed write, part of a line may be out: the next lines
+        // start on a line of their own.
         let restart: &[u8] = if self.torn { b"\n" } else { b"" };
-        match self
-            .out
-            .write_all(restart)
-            .and_then(|()| self.out.write_all(&self.lines))
-        {
+        match self.out.write_all(restart).and_then(|()| self.out.write_all(lines)) {
             Ok(()) => (self.failed, self.torn) = (false, false),
             Err(e) => {
                 self.torn = true;
                 report(e, &mut self.failed);
             }
         }
-        self.lines.clear();
     }
 
     fn flush(&mut self) {
-        self.write_out();
         if let Err(e) = self.out.flush() {
             report(e, &mut self.failed);
         }
@@ -538,7 +603,7 @@ mod tests {
         let out = Flaky::default();
         let log = AccessLog::with_writer(Box::new(out.clone()), LogFormat::Text).unwrap();
         let sender = log.sender().unwrap();
-        sender.send(record());
+        sender.send(&record());
         // The writer takes the first record and fails to write it whole.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while out.0.lock().unwrap().1 < 2 {
@@ -547,7 +612,7 @@ mod tests {
         }
         let mut second = record();
         second.status = 503;
-        sender.send(second);
+        sender.send(&second);
         drop(sender);
         log.finish();
         let text = String::from_utf8(out.0.lock().unwrap().0.clone()).unwrap();
@@ -562,10 +627,133 @@ mod tests {
     }
 
     #[test]
+    fn every_threads_lines_arrive_in_their_order() {
+        let buf = Shared::default();
+        let log = AccessLog::with_writer(Box::new(buf.clone()), LogFormat::Text).unwrap();
+        let threads: Vec<_> = (0..4u16)
+            .map(|t| {
+                let sender = log.sender().unwrap();
+                std::thread::spawn(move || {
+                    let mut r = record();
+                    r.request_id = HeaderValue::from(t);
+                    for n in 0..1000 {
+                        r.bytes_in = n;
+                        sender.send(&r);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        log.finish();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        for t in 0..4 {
+            let seen: Vec<u64> = text
+                .lines()
+                .filter(|l| l.split(' ').nth(2) == Some(&t.to_string()))
+                .map(|l| {
+                    l.split(" in=")
+                        .nth(1)
+                        .unwrap()
+                        .split(' ')
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .unwrap()
+                })
+                .collect();
+            assert_eq!(seen, (0..1000).collect::<Vec<u64>>(), "thread {t}");
+        }
+        assert_eq!(text.lines().count(), 4000);
+    }
+
+    #[test]
+    fn the_lane_of_a_thread_that_ended_is_let_go_once_written() {
+        let buf = Shared::default();
+        let log = AccessLog::with_writer(Box::new(buf.clone()), LogFormat::Text).unwrap();
+        let sender = log.sender().unwrap();
+        let lanes = || sender.shared.lanes.lock().unwrap().len();
+        let sent = sender.clone();
+        std::thread::spawn(move || sent.send(&record())).join().unwrap();
+        assert_eq!(lanes(), 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while lanes() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the lane was kept");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            buf.0.lock().unwrap().iter().filter(|&&b| b == b'\n').count(),
+            1,
+            "its line was written first"
+        );
+        drop(sender);
+        log.finish();
+    }
+
+    #[test]
+    fn a_sender_still_held_after_finish_keeps_its_lines() {
+        let buf = Shared::default();
+        let log = AccessLog::with_writer(Box::new(buf.clone()), LogFormat::Text).unwrap();
+        let sender = log.sender().unwrap();
+        let finishing = std::thread::spawn(move || log.finish());
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!finishing.is_finished(), "the writer waits for the sender");
+        sender.send(&record());
+        drop(sender);
+        finishing.join().unwrap();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+    }
+
+    /// Holds every write until opened.
+    #[derive(Clone, Default)]
+    struct Gate(Arc<(Mutex<bool>, std::sync::Condvar)>, Shared);
+    impl Write for Gate {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let (open, opened) = &*self.0;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = opened.wait(open).unwrap();
+            }
+            self.1.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_disk_drops_and_counts_lines_instead_of_growing() {
+        let out = Gate::default();
+        let log = AccessLog::with_writer(Box::new(out.clone()), LogFormat::Text).unwrap();
+        let sender = log.sender().unwrap();
+        let sent = 2 * LANE_CAPACITY / 100;
+        for _ in 0..sent {
+            sender.send(&record());
+        }
+        let dropped = log.dropped();
+        assert!(dropped > 0, "a full lane drops lines");
+        {
+            let (open, opened) = &*out.0;
+            *open.lock().unwrap() = true;
+            opened.notify_all();
+        }
+        drop(sender);
+        log.finish();
+        let written = out.1.0.lock().unwrap().iter().filter(|&&b| b == b'\n').count();
+        assert_eq!(
+            written as u64 + dropped,
+            sent as u64,
+            "every line is written or counted"
+        );
+    }
+
+    #[test]
     fn text_lines_carry_every_field() {
         let buf = Shared::default();
         let log = AccessLog::with_writer(Box::new(buf.clone()), LogFormat::Text).unwrap();
-        log.sender().unwrap().send(record());
+        log.sender().unwrap().send(&record());
         log.finish();
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         assert!(
@@ -580,8 +768,8 @@ mod tests {
         let buf = Shared::default();
         let log = AccessLog::with_writer(Box::new(buf.clone()), LogFormat::Json).unwrap();
         let sender = log.sender().unwrap();
-        sender.send(record());
-        sender.send(record());
+        sender.send(&record());
+        sender.send(&record());
         drop(sender);
         log.finish();
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
