@@ -142,7 +142,7 @@ pub(crate) fn run(path: &Path) -> anyhow::Result<()> {
     })?;
     // The edge's state holds the access log's sender, and the reload handles
     // (the controller, the admin API's tasks) hold the edge's state: they go
-    // first, so the log thread sees the channel close and finishes.
+    // first, so the log thread sees the last sender go and finishes.
     drop(controller);
     drop(certificates);
     drop(runtime);

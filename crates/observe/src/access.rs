@@ -25,7 +25,8 @@ use crate::ObserveError;
 /// this, while the disk stalls, lines are dropped and counted rather than
 /// memory growing without bound.
 const LANE_CAPACITY: usize = 2 * 1024 * 1024;
-/// A lane's buffer is given back this large after a stall made it grow.
+/// A buffer that grew past four times this (a stall, a burst) is cut back to
+/// this size after its lines are written.
 const BUFFER_SIZE: usize = 64 * 1024;
 /// While lines keep coming, the writer takes them this often. Nothing wakes it
 /// for each line (that would be a futex call and a context switch per request).
@@ -676,7 +677,8 @@ mod tests {
         let lanes = || sender.shared.lanes.lock().unwrap().len();
         let sent = sender.clone();
         std::thread::spawn(move || sent.send(&record())).join().unwrap();
-        assert_eq!(lanes(), 1);
+        // (The writer may already have let it go.)
+        assert!(lanes() <= 1);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while lanes() > 0 {
             assert!(std::time::Instant::now() < deadline, "the lane was kept");

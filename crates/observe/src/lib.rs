@@ -1,10 +1,10 @@
 //! Telemetry for gatehouse: diagnostic logging setup and the access log.
 //!
-//! The access log never blocks the request path: workers hand a fixed-size
-//! [`AccessRecord`] to a bounded channel with `try_send`, and one background thread
-//! formats and writes the lines through a buffer. When the writer cannot keep up the
-//! record is dropped and counted (see [`AccessLog::dropped`]) rather than slowing
-//! requests down.
+//! The access log never blocks the request path on I/O: the thread that served a
+//! request formats its [`AccessRecord`] into a buffer of its own, and one
+//! background thread takes those buffers every few milliseconds and writes them.
+//! When the writer cannot keep up (a stalled disk) lines are dropped and counted
+//! (see [`AccessLog::dropped`]) rather than slowing requests down.
 
 mod access;
 
