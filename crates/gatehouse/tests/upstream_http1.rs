@@ -101,6 +101,12 @@ impl Scripted {
     }
 
     fn gatehouse_with(&self, upstream_extra: &str) -> Gatehouse {
+        self.gatehouse_with_route(upstream_extra, "")
+    }
+
+    /// A gatehouse in front of this upstream, with `upstream_extra` in the
+    /// upstream's table and `route_extra` in the `/` route's.
+    fn gatehouse_with_route(&self, upstream_extra: &str, route_extra: &str) -> Gatehouse {
         Gatehouse::start(&format!(
             r#"
 [server]
@@ -116,6 +122,7 @@ default = true
   [[site.route]]
   path = "/"
   upstream = "app"
+  {route_extra}
 "#,
             self.target
         ))
@@ -666,20 +673,10 @@ X-Frame-Options: SAMEORIGIN\r\nSet-Cookie: a=1\r\nConnection: close\r\nContent-L
         After::Drain,
     )
     .await;
-    let gh = Gatehouse::start(&format!(
-        r#"
-[upstream.app]
-targets = ["{}"]
-
-[[site]]
-default = true
-  [[site.route]]
-  path = "/"
-  upstream = "app"
-  headers = {{ response = {{ remove = ["x-a"], set = {{ x-b = "ours" }}, add = {{ set-cookie = "c=3" }} }} }}
-"#,
-        up.target
-    ));
+    let gh = up.gatehouse_with_route(
+        "",
+        r#"headers = { response = { remove = ["x-a"], set = { x-b = "ours" }, add = { set-cookie = "c=3" } } }"#,
+    );
     let r = get(&gh.url("/"), &[]).await;
     assert_eq!(r.status, 200);
     assert!(r.headers.get("x-a").is_none(), "removed by the rule");
@@ -714,20 +711,7 @@ Connection: close\r\nContent-Length: 2\r\n\r\nok",
         After::Drain,
     )
     .await;
-    let gh = Gatehouse::start(&format!(
-        r#"
-[upstream.app]
-targets = ["{}"]
-
-[[site]]
-default = true
-  [[site.route]]
-  path = "/"
-  upstream = "app"
-  rate_limit = "1000/s per ip"
-"#,
-        up.target
-    ));
+    let gh = up.gatehouse_with_route("", r#"rate_limit = "1000/s per ip""#);
     let r = get(&gh.url("/"), &[]).await;
     assert_eq!(r.status, 200);
     let policy = all(&r, "ratelimit-policy");
