@@ -543,6 +543,20 @@ mod tests {
 
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Shared {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    /// Waits (at most 5 s) until `done`; `what` names what never happened.
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     impl Write for Shared {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(buf);
@@ -606,11 +620,7 @@ mod tests {
         let sender = log.sender().unwrap();
         sender.send(&record());
         // The writer takes the first record and fails to write it whole.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while out.0.lock().unwrap().1 < 2 {
-            assert!(std::time::Instant::now() < deadline, "the first write never came");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_until("the first write never came", || out.0.lock().unwrap().1 >= 2);
         let mut second = record();
         second.status = 503;
         sender.send(&second);
@@ -648,7 +658,7 @@ mod tests {
             t.join().unwrap();
         }
         log.finish();
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let text = buf.text();
         for t in 0..4 {
             let seen: Vec<u64> = text
                 .lines()
@@ -679,16 +689,8 @@ mod tests {
         std::thread::spawn(move || sent.send(&record())).join().unwrap();
         // (The writer may already have let it go.)
         assert!(lanes() <= 1);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while lanes() > 0 {
-            assert!(std::time::Instant::now() < deadline, "the lane was kept");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(
-            buf.0.lock().unwrap().iter().filter(|&&b| b == b'\n').count(),
-            1,
-            "its line was written first"
-        );
+        wait_until("the lane was kept", || lanes() == 0);
+        assert_eq!(buf.text().lines().count(), 1, "its line was written first");
         drop(sender);
         log.finish();
     }
@@ -704,7 +706,7 @@ mod tests {
         sender.send(&record());
         drop(sender);
         finishing.join().unwrap();
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let text = buf.text();
         assert_eq!(text.lines().count(), 1, "{text}");
     }
 
@@ -743,7 +745,7 @@ mod tests {
         }
         drop(sender);
         log.finish();
-        let written = out.1.0.lock().unwrap().iter().filter(|&&b| b == b'\n').count();
+        let written = out.1.text().lines().count();
         assert_eq!(
             written as u64 + dropped,
             sent as u64,
@@ -757,7 +759,7 @@ mod tests {
         let log = AccessLog::with_writer(Box::new(buf.clone()), LogFormat::Text).unwrap();
         log.sender().unwrap().send(&record());
         log.finish();
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let text = buf.text();
         assert!(
             text.starts_with("2023-11-14T22:13:20.123Z 203.0.113.9 abc123 \"POST app.example.com /api/items?q="),
             "{text}"
@@ -774,7 +776,7 @@ mod tests {
         sender.send(&record());
         drop(sender);
         log.finish();
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let text = buf.text();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["status"], 201);
