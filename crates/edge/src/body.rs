@@ -382,9 +382,7 @@ impl Body for ResponseBody {
         };
         if let (Some(log), Poll::Ready(Some(Ok(frame)))) = (this.log.as_mut(), &res) {
             if let Some(data) = frame.data_ref() {
-                if let Some(record) = log.record.as_mut() {
-                    record.bytes_out += data.remaining() as u64;
-                }
+                log.record.bytes_out += data.remaining() as u64;
             }
         }
         res
@@ -411,19 +409,18 @@ impl Body for ResponseBody {
 pub(crate) struct PendingLog {
     pub(crate) sender: AccessLogSender,
     /// Sent when the body is done (on drop).
-    pub(crate) record: Option<AccessRecord>,
+    pub(crate) record: AccessRecord,
     pub(crate) start: Instant,
     pub(crate) bytes_in: Option<Arc<AtomicU64>>,
 }
 
 impl Drop for PendingLog {
     fn drop(&mut self) {
-        if let Some(record) = self.record.as_mut() {
-            record.duration = crate::clock::now().into_std().saturating_duration_since(self.start);
-            if let Some(counter) = &self.bytes_in {
-                record.bytes_in = counter.load(Ordering::Relaxed);
-            }
-            self.sender.send(record);
+        let record = &mut self.record;
+        record.duration = crate::clock::now().into_std().saturating_duration_since(self.start);
+        if let Some(counter) = &self.bytes_in {
+            record.bytes_in = counter.load(Ordering::Relaxed);
         }
+        self.sender.send(record);
     }
 }

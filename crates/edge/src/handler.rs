@@ -425,7 +425,7 @@ impl Worker {
             };
             resp.body_mut().set_log(Box::new(PendingLog {
                 sender: sender.clone(),
-                record: Some(record),
+                record,
                 start,
                 bytes_in: ctx.bytes_in,
             }));
