@@ -3,7 +3,7 @@
 #
 # Every proxy is pinned to CPU 0, runs one worker/thread, writes an access log to a
 # file and keeps connections to one shared upstream (an nginx `return 200` server on
-# CPU 1). wrk, also on CPU 1, drives each proxy in turn, A B C A B C ..., and the
+# CPU 1). wrk, also on CPU 1, drives each proxy in turn, A B C C B A ..., and the
 # script reports the median of the rounds and gatehouse's ratio to each peer.
 # See bench/README.md for what is measured and how to read the table.
 #
@@ -49,7 +49,7 @@ declare -A LABEL=(
     [policies]="gatehouse with rate limit + CORS (1 worker)"
     [baseline]="gatehouse baseline build (1 worker)"
 )
-ORDER=(nginx haproxy gatehouse policies baseline) # the A B C of each round
+ORDER=(nginx haproxy gatehouse policies baseline) # the A B C of odd rounds; even rounds reverse it
 
 
 
@@ -434,9 +434,16 @@ fi
 log "direct-upstream baseline (wrk and upstream both on CPU $LOAD_CPU, as in the proxy runs)"
 measure_clean 0 direct
 
+# Odd rounds run the servers in order, even rounds in reverse (A B C, C B A, ...),
+# so no server always runs right after the same one or always first.
 for ((round = 1; round <= ROUNDS; round++)); do
     log "round $round of $ROUNDS"
-    for s in "${SERVERS[@]}"; do measure_clean "$round" "$s"; done
+    order=("${SERVERS[@]}")
+    if ((round % 2 == 0)); then
+        order=()
+        for ((i = ${#SERVERS[@]} - 1; i >= 0; i--)); do order+=("${SERVERS[i]}"); done
+    fi
+    for s in "${order[@]}"; do measure_clean "$round" "$s"; done
 done
 
 declare -A PEAK_KB
@@ -534,15 +541,24 @@ stat_col() {
     clean_rows "$1" | awk -F'\t' -v c="$2" '{ print $c }' | median_min_max
 }
 
-# round_ratios PEER -> "median min max" of gatehouse's req/s over PEER's, each
-# taken within one round. Load from elsewhere on a shared machine drifts over
-# minutes; within a round both ran seconds apart, so this ratio drifts less
-# than the ratio of the two medians.
+# round_ratios PEER [COLUMN] -> "median min max" of gatehouse's value over PEER's
+# (req/s, or the COLUMN given: 5 is p99), each taken within one round. Load from
+# elsewhere on a shared machine drifts over minutes; within a round both ran
+# seconds apart, so this ratio drifts less than the ratio of the two medians.
 round_ratios() {
-    { clean_rows gatehouse; clean_rows "$1"; } | awk -F'\t' -v p="$1" '
-        $2 == "gatehouse" { g[$1] = $3 }
-        $2 == p { q[$1] = $3 }
+    { clean_rows gatehouse; clean_rows "$1"; } | awk -F'\t' -v p="$1" -v c="${2:-3}" '
+        $2 == "gatehouse" { g[$1] = $c }
+        $2 == p { q[$1] = $c }
         END { for (r in g) if ((r in q) && q[r] > 0) print g[r] / q[r] }' | median_min_max
+}
+
+# p99_rounds PEER -> "W N": in W of the N rounds where both ran cleanly,
+# gatehouse's p99 was no higher than PEER's.
+p99_rounds() {
+    { clean_rows gatehouse; clean_rows "$1"; } | awk -F'\t' -v p="$1" '
+        $2 == "gatehouse" { g[$1] = $5 }
+        $2 == p { q[$1] = $5 }
+        END { for (r in g) if (r in q) { n++; if (g[r] <= q[r]) w++ } print w + 0, n + 0 }'
 }
 
 # runs_used SERVER -> "2/3": runs the medians are taken from / runs made
@@ -599,8 +615,10 @@ report() {
             read -r p_rps _ _ < <(stat_col "$peer" 3)
             read -r p_p99 _ _ < <(stat_col "$peer" 5)
             read -r p_us _ _ < <(stat_col "$peer" 12)
-            local r_med r_min r_max
+            local r_med r_min r_max q_med q_min q_max q_won q_rounds
             read -r r_med r_min r_max < <(round_ratios "$peer")
+            read -r q_med q_min q_max < <(round_ratios "$peer" 5)
+            read -r q_won q_rounds < <(p99_rounds "$peer")
             local caveat=""
             [[ " $all_disturbed " != *" $peer "* && " $all_disturbed " != *" gatehouse "* ]] ||
                 caveat=" — not comparable: every run of one of them was disturbed"
@@ -612,10 +630,12 @@ report() {
             esac
             awk -v c="$caveat" -v n="$name" -v gr="$g_rps" -v pr="$p_rps" -v gp="$g_p99" -v pp="$p_p99" \
                 -v gu="$g_us" -v pu="$p_us" -v gk="${PEAK_KB[gatehouse]}" -v pk="${PEAK_KB[$peer]}" \
-                -v rm="$r_med" -v rl="$r_min" -v rh="$r_max" 'BEGIN {
+                -v rm="$r_med" -v rl="$r_min" -v rh="$r_max" -v qm="$q_med" -v ql="$q_min" -v qh="$q_max" \
+                -v qw="$q_won" -v qn="$q_rounds" 'BEGIN {
                 within = (rm == "-") ? "no round ran both" : sprintf("median %.2f×, %.2f–%.2f×", rm, rl, rh)
-                printf "- gatehouse / %s: **%.2f×** req/s (within a round: %s); p99 %.2f×, CPU per request %.2f×, peak RSS %.2f× (these three: lower is better)%s\n",
-                    n, gr / pr, within, gp / pp, gu / pu, gk / pk, c
+                p99within = (qm == "-") ? "no round ran both" : sprintf("median %.2f×, %.2f–%.2f×; no higher in %d of %d rounds", qm, ql, qh, qw, qn)
+                printf "- gatehouse / %s: **%.2f×** req/s (within a round: %s); p99 %.2f× (within a round: %s), CPU per request %.2f×, peak RSS %.2f× (these: lower is better)%s\n",
+                    n, gr / pr, within, gp / pp, p99within, gu / pu, gk / pk, c
             }'
         done
         echo
