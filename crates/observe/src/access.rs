@@ -12,8 +12,8 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, SystemTime};
 
 use gatehouse_config::{AccessLogTarget, LogFormat};
@@ -34,6 +34,9 @@ const BATCH_INTERVAL: Duration = Duration::from_millis(5);
 /// When nothing came in its last turn, the writer looks again after this long,
 /// so `tail -f` stays current while traffic trickles in.
 const IDLE_INTERVAL: Duration = Duration::from_millis(100);
+/// A lane that fills past this between two turns (a burst after an idle spell,
+/// a much faster machine) wakes the writer at once, well before it is full.
+const WAKE_AT: usize = LANE_CAPACITY / 4;
 
 /// Everything the access log says about one request.
 ///
@@ -93,6 +96,10 @@ struct Shared {
     /// The `AccessLog` is finished or dropped: the writer ends once every
     /// sender is gone and their lines are out.
     finishing: AtomicBool,
+    /// How often the writer looks while lines come in, and while they don't.
+    intervals: (Duration, Duration),
+    /// The writer thread, for a lane that fills fast to wake it.
+    writer: OnceLock<Thread>,
 }
 
 /// One thread's formatted lines that the writer has not taken yet.
@@ -136,17 +143,37 @@ impl AccessLogSender {
                 added
             })
             .unwrap_or_else(|_| add(&self.shared.fallback, format, record));
-        if !added {
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        match added {
+            Added::Yes => {}
+            Added::WakeWriter => {
+                if let Some(writer) = self.shared.writer.get() {
+                    writer.unpark();
+                }
+            }
+            Added::Dropped => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
 
+/// What became of a line.
+enum Added {
+    Yes,
+    /// Added, and the lane just filled past [`WAKE_AT`].
+    WakeWriter,
+    /// The lane was full.
+    Dropped,
+}
+
 /// Formats `record` into `lane`, unless it is full.
-fn add(lane: &Lane, format: LogFormat, record: &AccessRecord) -> bool {
-    let Ok(mut state) = lane.0.lock() else { return false };
-    if state.lines.len() >= LANE_CAPACITY {
-        return false;
+fn add(lane: &Lane, format: LogFormat, record: &AccessRecord) -> Added {
+    let Ok(mut state) = lane.0.lock() else {
+        return Added::Dropped;
+    };
+    let before = state.lines.len();
+    if before >= LANE_CAPACITY {
+        return Added::Dropped;
     }
     let LaneState { lines, clock } = &mut *state;
     match format {
@@ -156,7 +183,11 @@ fn add(lane: &Lane, format: LogFormat, record: &AccessRecord) -> bool {
             let _ = write_json(lines, record);
         }
     }
-    true
+    if before < WAKE_AT && lines.len() >= WAKE_AT {
+        Added::WakeWriter
+    } else {
+        Added::Yes
+    }
 }
 
 impl AccessLog {
@@ -188,18 +219,29 @@ impl AccessLog {
 
     /// Starts a writer thread that writes formatted lines to `out`.
     pub fn with_writer(out: Box<dyn Write + Send>, format: LogFormat) -> Result<Self, ObserveError> {
+        Self::with_intervals(out, format, (BATCH_INTERVAL, IDLE_INTERVAL))
+    }
+
+    fn with_intervals(
+        out: Box<dyn Write + Send>,
+        format: LogFormat,
+        intervals: (Duration, Duration),
+    ) -> Result<Self, ObserveError> {
         let shared = Arc::new(Shared {
             format,
             lanes: Mutex::new(Vec::new()),
             fallback: Arc::default(),
             dropped: AtomicU64::new(0),
             finishing: AtomicBool::new(false),
+            intervals,
+            writer: OnceLock::new(),
         });
         let writer = shared.clone();
         let thread = std::thread::Builder::new()
             .name("gatehouse-access-log".into())
             .spawn(move || write_loop(&writer, out))
             .map_err(ObserveError::Thread)?;
+        let _ = shared.writer.set(thread.thread().clone());
         Ok(Self {
             sender: Some(AccessLogSender { shared }),
             thread: Some(thread),
@@ -254,13 +296,18 @@ fn write_loop(shared: &Arc<Shared>, out: Box<dyn Write + Send>) {
         torn: false,
     };
     let mut spare = Vec::with_capacity(BUFFER_SIZE);
+    let (batch, idle) = shared.intervals;
+    let mut took = false;
     loop {
+        // Sleeps first: lines come in after the log starts. A lane filling
+        // fast, and the log finishing, wake it early.
+        std::thread::park_timeout(if took { batch } else { idle });
         // Read before the lanes are emptied: a sender that is gone had put
         // its lines in before it went, and they are taken below.
         let last = shared.finishing.load(Ordering::Acquire) && Arc::strong_count(shared) == 1;
         std::sync::atomic::fence(Ordering::Acquire);
         let lanes = shared.lanes.lock().map(|l| l.clone()).unwrap_or_default();
-        let mut took = false;
+        took = false;
         for lane in lanes.iter().chain([&shared.fallback]) {
             {
                 let Ok(mut state) = lane.0.lock() else { continue };
@@ -288,7 +335,6 @@ fn write_loop(shared: &Arc<Shared>, out: Box<dyn Write + Send>) {
         if last {
             return;
         }
-        std::thread::park_timeout(if took { BATCH_INTERVAL } else { IDLE_INTERVAL });
     }
 }
 
@@ -635,6 +681,32 @@ mod tests {
             "{text:?}"
         );
         assert!(lines[1].contains("\" 503 in=42"), "{text:?}");
+    }
+
+    #[test]
+    fn a_lane_filling_fast_wakes_the_writer() {
+        let mut one = Vec::new();
+        format_text(&mut one, &mut Clock::default(), &record());
+        // Lines that stay under the mark, and the one that crosses it.
+        let under = (WAKE_AT - 1) / one.len();
+        // The writer looks only once an hour by itself, so only the lane
+        // crossing the mark can wake it.
+        let hour = Duration::from_secs(3600);
+        let buf = Shared::default();
+        let log = AccessLog::with_intervals(Box::new(buf.clone()), LogFormat::Text, (hour, hour)).unwrap();
+        let sender = log.sender().unwrap();
+        for _ in 0..under {
+            sender.send(&record());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(buf.text().is_empty(), "the writer woke before the mark");
+        sender.send(&record());
+        wait_until("the writer slept through the burst", || {
+            buf.text().lines().count() == under + 1
+        });
+        assert_eq!(log.dropped(), 0);
+        drop(sender);
+        log.finish();
     }
 
     #[test]
