@@ -3,7 +3,8 @@
 //!
 //! Each thread formats its lines into a buffer of its own (its *lane*), under a
 //! lock that only the writer shares, and only to swap the buffer out. The writer
-//! takes every lane's lines every few milliseconds and writes them. So a line
+//! takes every lane's lines every 5 ms while they keep coming (every 100 ms when
+//! idle; a lane filling fast wakes it) and writes them. So a line
 //! costs its thread the formatting and an uncontended lock, never I/O, and the
 //! writer's turns on a shared core are short: one `write` of what came in.
 
@@ -121,8 +122,10 @@ thread_local! {
 
 impl AccessLogSender {
     /// Formats `record` into this thread's lane; the writer writes it within
-    /// a few milliseconds. Never waits for I/O. If the lane is full (the
-    /// writer is stuck on a stalled disk) the line is dropped and counted.
+    /// 5 ms while lines keep coming, within 100 ms after an idle spell, and at
+    /// once when the lane passes 512 KiB. Never waits for I/O. If the lane is
+    /// full (the writer is stuck on a stalled disk) the line is dropped and
+    /// counted.
     pub fn send(&self, record: &AccessRecord) {
         let format = self.shared.format;
         let added = LANES
@@ -298,10 +301,14 @@ fn write_loop(shared: &Arc<Shared>, out: Box<dyn Write + Send>) {
     let mut spare = Vec::with_capacity(BUFFER_SIZE);
     let (batch, idle) = shared.intervals;
     let mut took = false;
+    // Whether the turn before the last took lines: a wake that cut a sleep
+    // short can leave a turn with nothing to take while lines keep coming.
+    let mut took_before = false;
     loop {
         // Sleeps first: lines come in after the log starts. A lane filling
         // fast, and the log finishing, wake it early.
-        std::thread::park_timeout(if took { batch } else { idle });
+        std::thread::park_timeout(if took || took_before { batch } else { idle });
+        took_before = took;
         // Read before the lanes are emptied: a sender that is gone had put
         // its lines in before it went, and they are taken below.
         let last = shared.finishing.load(Ordering::Acquire) && Arc::strong_count(shared) == 1;

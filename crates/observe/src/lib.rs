@@ -2,7 +2,8 @@
 //!
 //! The access log never blocks the request path on I/O: the thread that served a
 //! request formats its [`AccessRecord`] into a buffer of its own, and one
-//! background thread takes those buffers every few milliseconds and writes them.
+//! background thread takes those buffers every 5 ms (every 100 ms when idle) and
+//! writes them.
 //! When the writer cannot keep up (a stalled disk) lines are dropped and counted
 //! (see [`AccessLog::dropped`]) rather than slowing requests down.
 
