@@ -558,7 +558,7 @@ p99_rounds() {
     { clean_rows gatehouse; clean_rows "$1"; } | awk -F'\t' -v p="$1" '
         $2 == "gatehouse" { g[$1] = $5 }
         $2 == p { q[$1] = $5 }
-        END { for (r in g) if (r in q) { n++; if (g[r] <= q[r]) w++ } print w + 0, n + 0 }'
+        END { for (r in g) if ((r in q) && q[r] > 0) { n++; if (g[r] <= q[r]) w++ } print w + 0, n + 0 }'
 }
 
 # runs_used SERVER -> "2/3": runs the medians are taken from / runs made
@@ -580,7 +580,7 @@ report() {
     echo "- command: \`$INVOCATION\`${GATEHOUSE_BIN:+ with \`GATEHOUSE_BIN=$GATEHOUSE_BIN\`}"
     echo "- machine: $NPROC × $CPU_MODEL, Linux $(uname -r)"
     echo "- gatehouse: $GH_V (git: $GIT_REV); nginx $NGINX_V; HAProxy $HAPROXY_V; wrk $WRK_V"
-    echo "- load: \`taskset -c $LOAD_CPU wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\`, ${WARMUP}s warm-up each, $ROUNDS alternating rounds (${SERVERS[*]}); median of the rounds shown"
+    echo "- load: \`taskset -c $LOAD_CPU wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\`, ${WARMUP}s warm-up each, $ROUNDS alternating rounds (${SERVERS[*]}, reversed in even rounds); median of the rounds shown"
     echo "- proxies pinned to CPU $SERVER_CPU, one worker/thread, access log to a file, keep-alive to the upstream; upstream nginx (\`return 200 \"hello world\\n\"\`, 1 worker) and wrk share CPU $LOAD_CPU"
     if ((TARGETS > 1)); then echo "- $TARGETS upstream targets (ports of the one upstream nginx), round robin; HAProxy and gatehouse check each target every 2 s"; fi
     echo
