@@ -446,8 +446,10 @@ fn needs_escape(b: u8) -> bool {
     b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b)
 }
 
+/// Milliseconds to the microsecond, as the text format writes them: 0.53,
+/// not 0.5305190000000001.
 fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+    d.as_micros() as f64 / 1000.0
 }
 
 /// Formats timestamps, re-using the date and time up to the second: every line
@@ -895,11 +897,18 @@ mod tests {
         r.route = None;
         r.upstream = None;
         r.upstream_duration = None;
+        r.duration = Duration::from_nanos(530_519_123);
         let mut out = Vec::new();
         write_json(&mut out, &r).unwrap();
         let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(line["host"], "caf\u{fffd}.example");
         assert_eq!(line["client_ip"], "2001:db8::1");
+        // To the microsecond, as in the text format, with no float noise.
+        assert!(
+            String::from_utf8_lossy(&out).contains(r#""duration_ms":530.519,"#),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
         assert!(line["route"].is_null() && line["upstream"].is_null() && line["upstream_ms"].is_null());
         r.host = None;
         out.clear();
