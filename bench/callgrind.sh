@@ -14,6 +14,7 @@
 #        --targets N spreads the load round-robin over N upstream ports (one upstream
 #        nginx), with health checks every 2 s in gatehouse, as proxy.sh --targets does.
 # Env:   KEEP=1 keeps the callgrind output (callgrind.out.*, for callgrind_annotate).
+#        ACCESS_LOG_FORMAT=json  gatehouse's access log in JSON instead of text.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 

@@ -17,9 +17,10 @@ nginx_temp_paths() {
 }
 
 # gatehouse_proxy_config PORT ACCESS_LOG DATA_DIR TARGET_PORT... -> the gatehouse
-# config the proxy benchmarks use: one worker, an access log, one route to an
-# upstream of the given ports (round-robin, health checks every 2 s when there
-# is more than one), connections never recycled (as nginx's keepalive_requests).
+# config the proxy benchmarks use: one worker, an access log (text, or the format
+# in $ACCESS_LOG_FORMAT), one route to an upstream of the given ports
+# (round-robin, health checks every 2 s when there is more than one),
+# connections never recycled (as nginx's keepalive_requests).
 gatehouse_proxy_config() {
     local port="$1" access_log="$2" data_dir="$3"
     shift 3
@@ -32,6 +33,7 @@ data_dir = "$data_dir"
 [log]
 level = "warn"
 access_log = "$access_log"
+access_log_format = "${ACCESS_LOG_FORMAT:-text}"
 
 # One site that answers every Host.
 [[site]]

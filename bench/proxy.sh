@@ -18,6 +18,7 @@
 # Env:   GATEHOUSE_BIN=path  use this binary instead of `cargo build --release`.
 #        GATEHOUSE_BASELINE_BIN=path  with --only ...,baseline: run this second
 #        gatehouse build in the same rounds (before/after comparisons).
+#        ACCESS_LOG_FORMAT=json  gatehouse's access log in JSON instead of text.
 set -euo pipefail
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
