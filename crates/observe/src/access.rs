@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use gatehouse_config::{AccessLogTarget, LogFormat};
 use http::{HeaderValue, Method, Uri, Version};
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
 use crate::ObserveError;
 
@@ -185,7 +185,7 @@ fn add(lane: &Lane, format: LogFormat, record: &AccessRecord) -> Added {
         LogFormat::Text => format_text(lines, clock, record),
         // Writing to a Vec cannot fail.
         LogFormat::Json => {
-            let _ = write_json(lines, record);
+            let _ = write_json(lines, clock, record);
         }
     }
     if before < WAKE_AT && lines.len() >= WAKE_AT {
@@ -459,6 +459,8 @@ struct Clock {
     second: u64,
     /// `2026-11-21T12:32:43.`
     prefix: Vec<u8>,
+    /// The last time [`Clock::text`] gave.
+    text: Vec<u8>,
 }
 
 impl Clock {
@@ -481,6 +483,16 @@ impl Clock {
             b'0' + (ms % 10) as u8,
             b'Z',
         ]);
+    }
+
+    /// `t` as [`Clock::write`] writes it, in a buffer of the clock's own.
+    fn text(&mut self, t: SystemTime) -> &str {
+        let mut text = std::mem::take(&mut self.text);
+        text.clear();
+        self.write(&mut text, t);
+        self.text = text;
+        // Always ASCII: digits, `-`, `:`, `T`, `.` and `Z`.
+        std::str::from_utf8(&self.text).unwrap_or_default()
     }
 }
 
@@ -573,8 +585,7 @@ fn format_text(out: &mut Vec<u8>, clock: &mut Clock, r: &AccessRecord) {
 /// allocations a line). Keys come in this order.
 #[derive(Serialize)]
 struct JsonLine<'a> {
-    #[serde(serialize_with = "rfc3339_millis")]
-    time: SystemTime,
+    time: &'a str,
     client_ip: IpAddr,
     request_id: &'a str,
     method: &'a str,
@@ -590,13 +601,9 @@ struct JsonLine<'a> {
     upstream_ms: Option<f64>,
 }
 
-fn rfc3339_millis<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&humantime::format_rfc3339_millis(*time))
-}
-
-fn write_json(out: &mut impl Write, r: &AccessRecord) -> io::Result<()> {
+fn write_json(out: &mut impl Write, clock: &mut Clock, r: &AccessRecord) -> io::Result<()> {
     let line = JsonLine {
-        time: r.time,
+        time: clock.text(r.time),
         client_ip: r.client_ip,
         request_id: r.request_id.to_str().unwrap_or(""),
         method: r.method.as_str(),
@@ -875,7 +882,7 @@ mod tests {
     #[test]
     fn json_lines_carry_every_field_in_the_documented_order() {
         let mut out = Vec::new();
-        write_json(&mut out, &record()).unwrap();
+        write_json(&mut out, &mut Clock::default(), &record()).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             concat!(
@@ -889,6 +896,20 @@ mod tests {
     }
 
     #[test]
+    fn the_clock_keeps_its_second_only_while_it_lasts() {
+        let mut clock = Clock::default();
+        let base = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for offset_ms in [123, 999, 1_000, 1_005, 86_400_000, 0, 7] {
+            let t = base + Duration::from_millis(offset_ms);
+            let expected = humantime::format_rfc3339_millis(t).to_string();
+            assert_eq!(clock.text(t), expected, "{offset_ms} ms after the base");
+            let mut line = Vec::new();
+            clock.write(&mut line, t);
+            assert_eq!(line, expected.as_bytes());
+        }
+    }
+
+    #[test]
     fn json_lines_say_null_for_what_is_missing_and_keep_odd_bytes_valid() {
         let mut r = record();
         // obs-text: allowed in a header value, not UTF-8.
@@ -899,7 +920,7 @@ mod tests {
         r.upstream_duration = None;
         r.duration = Duration::from_nanos(530_519_123);
         let mut out = Vec::new();
-        write_json(&mut out, &r).unwrap();
+        write_json(&mut out, &mut Clock::default(), &r).unwrap();
         let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(line["host"], "caf\u{fffd}.example");
         assert_eq!(line["client_ip"], "2001:db8::1");
@@ -912,7 +933,7 @@ mod tests {
         assert!(line["route"].is_null() && line["upstream"].is_null() && line["upstream_ms"].is_null());
         r.host = None;
         out.clear();
-        write_json(&mut out, &r).unwrap();
+        write_json(&mut out, &mut Clock::default(), &r).unwrap();
         let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert!(line["host"].is_null());
     }
