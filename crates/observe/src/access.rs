@@ -463,10 +463,17 @@ struct Clock {
     text: Vec<u8>,
 }
 
+/// 9999-12-31T23:59:59Z, the last second RFC 3339 can write (and humantime's
+/// `Display` fails past it).
+const LAST_SECOND: u64 = 253_402_300_799;
+
 impl Clock {
+    /// Writes `t` as RFC 3339 UTC with milliseconds. A clock set before 1970
+    /// writes 1970-01-01T00:00:00.000Z; one set past 9999 writes the last
+    /// second of 9999.
     fn write(&mut self, out: &mut Vec<u8>, t: SystemTime) {
         let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let second = since.as_secs();
+        let second = since.as_secs().min(LAST_SECOND);
         if self.prefix.is_empty() || second != self.second {
             let whole = std::time::UNIX_EPOCH + Duration::from_secs(second);
             let text = humantime::format_rfc3339_seconds(whole).to_string();
@@ -581,8 +588,8 @@ fn format_text(out: &mut Vec<u8>, clock: &mut Clock, r: &AccessRecord) {
 }
 
 /// One JSON access-log line, serialized straight from the record: nothing
-/// per field is allocated (a map of owned strings cost about thirty
-/// allocations a line). Keys come in this order.
+/// per field is allocated but a `Host` that is not UTF-8 (a map of owned
+/// strings cost about thirty allocations a line). Keys come in this order.
 #[derive(Serialize)]
 struct JsonLine<'a> {
     time: &'a str,
@@ -881,13 +888,17 @@ mod tests {
 
     #[test]
     fn json_lines_carry_every_field_in_the_documented_order() {
+        let mut r = record();
+        // Characters a JSON string must escape.
+        r.uri = "/api/\"x\"\\y?q=1".parse().unwrap();
+        r.request_id = HeaderValue::from_static("a\"b\\c");
         let mut out = Vec::new();
-        write_json(&mut out, &mut Clock::default(), &record()).unwrap();
+        write_json(&mut out, &mut Clock::default(), &r).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
             concat!(
-                r#"{"time":"2023-11-14T22:13:20.123Z","client_ip":"203.0.113.9","request_id":"abc123","#,
-                r#""method":"POST","host":"app.example.com","path":"/api/items?q=x","version":"HTTP/1.1","#,
+                r#"{"time":"2023-11-14T22:13:20.123Z","client_ip":"203.0.113.9","request_id":"a\"b\\c","#,
+                r#""method":"POST","host":"app.example.com","path":"/api/\"x\"\\y?q=1","version":"HTTP/1.1","#,
                 r#""status":201,"bytes_in":42,"bytes_out":7,"duration_ms":1.5,"route":"app.example.com/api/","#,
                 r#""upstream":"127.0.0.1:8000","upstream_ms":1.2}"#,
                 "\n"
@@ -907,6 +918,12 @@ mod tests {
             clock.write(&mut line, t);
             assert_eq!(line, expected.as_bytes());
         }
+        // A clock set before 1970 or past 9999 gives the nearest time that can
+        // be written, and no panic.
+        let before = SystemTime::UNIX_EPOCH - Duration::from_millis(1);
+        assert_eq!(clock.text(before), "1970-01-01T00:00:00.000Z");
+        let after = SystemTime::UNIX_EPOCH + Duration::from_secs(LAST_SECOND + 86_400) + Duration::from_millis(42);
+        assert_eq!(clock.text(after), "9999-12-31T23:59:59.042Z");
     }
 
     #[test]
@@ -918,13 +935,13 @@ mod tests {
         r.route = None;
         r.upstream = None;
         r.upstream_duration = None;
-        r.duration = Duration::from_nanos(530_519_123);
+        r.duration = Duration::from_nanos(530_519_923);
         let mut out = Vec::new();
         write_json(&mut out, &mut Clock::default(), &r).unwrap();
         let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(line["host"], "caf\u{fffd}.example");
         assert_eq!(line["client_ip"], "2001:db8::1");
-        // To the microsecond, as in the text format, with no float noise.
+        // Cut to the microsecond, as in the text format, with no float noise.
         assert!(
             String::from_utf8_lossy(&out).contains(r#""duration_ms":530.519,"#),
             "{}",
