@@ -582,7 +582,7 @@ report() {
     echo "- machine: $NPROC × $CPU_MODEL, Linux $(uname -r)"
     echo "- gatehouse: $GH_V (git: $GIT_REV); nginx $NGINX_V; HAProxy $HAPROXY_V; wrk $WRK_V"
     echo "- load: \`taskset -c $LOAD_CPU wrk -t1 -c$CONNECTIONS -d${DURATION}s --latency\`, ${WARMUP}s warm-up each, $ROUNDS alternating rounds (${SERVERS[*]}, reversed in even rounds); median of the rounds shown"
-    echo "- proxies pinned to CPU $SERVER_CPU, one worker/thread, access log to a file, keep-alive to the upstream; upstream nginx (\`return 200 \"hello world\\n\"\`, 1 worker) and wrk share CPU $LOAD_CPU"
+    echo "- proxies pinned to CPU $SERVER_CPU, one worker/thread, access log to a file (gatehouse's in ${ACCESS_LOG_FORMAT:-text} format), keep-alive to the upstream; upstream nginx (\`return 200 \"hello world\\n\"\`, 1 worker) and wrk share CPU $LOAD_CPU"
     if ((TARGETS > 1)); then echo "- $TARGETS upstream targets (ports of the one upstream nginx), round robin; HAProxy and gatehouse check each target every 2 s"; fi
     echo
     echo "| server | req/s (median) | req/s (min–max) | p50 ms | p99 ms | proxy CPU | CPU µs/request | idle RSS | peak RSS | access-log lines | runs used |"
