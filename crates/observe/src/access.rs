@@ -14,7 +14,7 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, SystemTime};
 
@@ -109,6 +109,21 @@ struct Shared {
 #[derive(Default)]
 struct Lane(Mutex<LaneState>);
 
+impl Lane {
+    /// The lane's state. A panic while a line was being formatted leaves the
+    /// lock poisoned and maybe part of a line: that part is cut off and the
+    /// lane goes on, so one bad line does not cost every later one.
+    fn lock(&self) -> MutexGuard<'_, LaneState> {
+        self.0.lock().unwrap_or_else(|poisoned| {
+            let mut state = poisoned.into_inner();
+            let whole = state.lines.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            state.lines.truncate(whole);
+            self.0.clear_poison();
+            state
+        })
+    }
+}
+
 #[derive(Default)]
 struct LaneState {
     lines: Vec<u8>,
@@ -173,9 +188,7 @@ enum Added {
 
 /// Formats `record` into `lane`, unless it is full.
 fn add(lane: &Lane, format: LogFormat, record: &AccessRecord) -> Added {
-    let Ok(mut state) = lane.0.lock() else {
-        return Added::Dropped;
-    };
+    let mut state = lane.lock();
     let before = state.lines.len();
     if before >= LANE_CAPACITY {
         return Added::Dropped;
@@ -319,7 +332,7 @@ fn write_loop(shared: &Arc<Shared>, out: Box<dyn Write + Send>) {
         took = false;
         for lane in lanes.iter().chain([&shared.fallback]) {
             {
-                let Ok(mut state) = lane.0.lock() else { continue };
+                let mut state = lane.lock();
                 if state.lines.is_empty() {
                     continue;
                 }
@@ -339,7 +352,7 @@ fn write_loop(shared: &Arc<Shared>, out: Box<dyn Write + Send>) {
         // A lane only the list still holds belongs to a thread that has
         // ended; once its last lines are out it is let go.
         if let Ok(mut all) = shared.lanes.lock() {
-            all.retain(|lane| Arc::strong_count(lane) > 1 || lane.0.lock().is_ok_and(|s| !s.lines.is_empty()));
+            all.retain(|lane| Arc::strong_count(lane) > 1 || !lane.lock().lines.is_empty());
         }
         if last {
             return;
@@ -754,6 +767,44 @@ mod tests {
         assert_eq!(log.dropped(), 0);
         drop(sender);
         log.finish();
+    }
+
+    #[test]
+    fn a_panic_mid_line_costs_only_that_line() {
+        let buf = Shared::default();
+        let log = AccessLog::with_writer(Box::new(buf.clone()), LogFormat::Text).unwrap();
+        let sender = log.sender().unwrap();
+        sender.send(&record());
+        // Poison this thread's lane as a panic halfway through a line would.
+        let poisoner = sender.shared.lanes.lock().unwrap()[0].clone();
+        let poisoned = std::thread::spawn(move || {
+            let mut state = poisoner.0.lock().unwrap();
+            state.lines.extend_from_slice(b"half a li");
+            panic!("formatting failed");
+        })
+        .join();
+        // It panicked holding the lock. (Whether the lock is still poisoned
+        // depends on whether the writer has looked since.)
+        assert!(poisoned.is_err());
+        let mut second = record();
+        second.status = 503;
+        sender.send(&second);
+        assert_eq!(log.dropped(), 0);
+        drop(sender);
+        log.finish();
+        let text = buf.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text:?}");
+        for line in &lines {
+            assert!(
+                line.starts_with("2023-11-14T22:13:20.123Z 203.0.113.9 abc123 "),
+                "{text:?}"
+            );
+        }
+        assert!(
+            lines[0].contains("\" 201 in=42") && lines[1].contains("\" 503 in=42"),
+            "{text:?}"
+        );
     }
 
     #[test]
