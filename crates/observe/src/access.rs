@@ -315,21 +315,20 @@ fn write_loop(shared: &Arc<Shared>, out: Box<dyn Write + Send>) {
     };
     let mut spare = Vec::with_capacity(BUFFER_SIZE);
     let (batch, idle) = shared.intervals;
-    let mut took = false;
-    // Whether the turn before the last took lines: a wake that cut a sleep
-    // short can leave a turn with nothing to take while lines keep coming.
-    let mut took_before = false;
+    // Turns in a row that took nothing. The writer counts as idle after two: a
+    // wake that cut a sleep short can leave one turn with nothing to take while
+    // lines keep coming.
+    let mut empty_turns: u32 = 2;
     loop {
         // Sleeps first: lines come in after the log starts. A lane filling
         // fast, and the log finishing, wake it early.
-        std::thread::park_timeout(if took || took_before { batch } else { idle });
-        took_before = took;
+        std::thread::park_timeout(if empty_turns >= 2 { idle } else { batch });
         // Read before the lanes are emptied: a sender that is gone had put
         // its lines in before it went, and they are taken below.
         let last = shared.finishing.load(Ordering::Acquire) && Arc::strong_count(shared) == 1;
         std::sync::atomic::fence(Ordering::Acquire);
         let lanes = shared.lanes.lock().map(|l| l.clone()).unwrap_or_default();
-        took = false;
+        let mut took = false;
         for lane in lanes.iter().chain([&shared.fallback]) {
             {
                 let mut state = lane.lock();
@@ -347,6 +346,9 @@ fn write_loop(shared: &Arc<Shared>, out: Box<dyn Write + Send>) {
         }
         if took {
             out.flush();
+            empty_turns = 0;
+        } else {
+            empty_turns = empty_turns.saturating_add(1);
         }
         drop(lanes);
         // A lane only the list still holds belongs to a thread that has
