@@ -542,24 +542,26 @@ stat_col() {
     clean_rows "$1" | awk -F'\t' -v c="$2" '{ print $c }' | median_min_max
 }
 
-# round_ratios PEER [COLUMN] -> "median min max" of gatehouse's value over PEER's
-# (req/s, or the COLUMN given: 5 is p99), each taken within one round. Load from
-# elsewhere on a shared machine drifts over minutes; within a round both ran
-# seconds apart, so this ratio drifts less than the ratio of the two medians.
-round_ratios() {
+# round_values PEER [COLUMN] -> gatehouse's value over PEER's (req/s, or the
+# COLUMN given: 5 is p99), one line per round in which both ran cleanly. Load
+# from elsewhere on a shared machine drifts over minutes; within a round both ran
+# seconds apart, so these ratios drift less than the ratio of the two medians.
+round_values() {
     { clean_rows gatehouse; clean_rows "$1"; } | awk -F'\t' -v p="$1" -v c="${2:-3}" '
         $2 == "gatehouse" { g[$1] = $c }
         $2 == p { q[$1] = $c }
-        END { for (r in g) if ((r in q) && q[r] > 0) print g[r] / q[r] }' | median_min_max
+        END { for (r in g) if ((r in q) && q[r] > 0) print g[r] / q[r] }'
+}
+
+# round_ratios PEER [COLUMN] -> "median min max" of round_values
+round_ratios() {
+    round_values "$@" | median_min_max
 }
 
 # p99_rounds PEER -> "W N": in W of the N rounds where both ran cleanly,
 # gatehouse's p99 was no higher than PEER's.
 p99_rounds() {
-    { clean_rows gatehouse; clean_rows "$1"; } | awk -F'\t' -v p="$1" '
-        $2 == "gatehouse" { g[$1] = $5 }
-        $2 == p { q[$1] = $5 }
-        END { for (r in g) if ((r in q) && q[r] > 0) { n++; if (g[r] <= q[r]) w++ } print w + 0, n + 0 }'
+    round_values "$1" 5 | awk '{ n++; if ($1 <= 1) w++ } END { print w + 0, n + 0 }'
 }
 
 # runs_used SERVER -> "2/3": runs the medians are taken from / runs made
